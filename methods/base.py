@@ -1,0 +1,67 @@
+"""The method interface.
+
+A method changes only the encoder. It is a class registered with ``@register_method("name")``:
+
+- ``Config``: a frozen dataclass of its hyper-parameters (``--set method.<key>=<value>``),
+  validated in ``__post_init__``; its docstring cites the paper.
+- ``build(backbone, tasks, cfg) -> encoder``: wraps or injects into the stock timm Swin, freezes
+  what the method does not train and returns an encoder (usually
+  :class:`mtpeft_bench.encoder.MultiTaskSwinEncoder`) whose ``forward(images)`` returns
+  ``{task: [four NCHW stage features]}`` and whose ``out_channels`` lists their channels.
+
+What trains is what has ``requires_grad``. Optional capabilities are attributes of the encoder
+that the runner reads (it never asks which method it runs):
+
+- ``method_info() -> dict``: facts to record in the result (e.g. which kernel ran);
+- ``extra_loss() -> Tensor | None``: a term added to the training loss;
+- ``find_unused_parameters: bool``: DDP must look for parameters that get no gradient.
+
+Parameters the method adds to the backbone are reported as the method's own group; the
+parameter report finds them by identity (they are not among the backbone's original ones).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Sequence
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Base of method hyper-parameters; a method subclasses it and validates in ``__post_init__``."""
+
+
+class Method:
+    """Base class with the defaults of the interface (subclassing it is optional)."""
+
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    Config: ClassVar[type] = MethodConfig
+
+    def build(self, backbone: Any, tasks: Sequence[str], cfg: Any) -> Any:
+        """Return the multi-task encoder built around ``backbone`` for ``tasks``."""
+        raise NotImplementedError
+
+
+def freeze(module: Any) -> None:
+    """Set ``requires_grad=False`` on every parameter of ``module``."""
+    for param in module.parameters():
+        param.requires_grad_(False)
+
+
+EXTRA_GROUPS = ("patch_embed", "norms", "rel_pos", "reductions")
+
+
+def set_extras_trainable(backbone: Any, trainable: bool = True, groups: Sequence[str] = EXTRA_GROUPS) -> None:
+    """Set ``requires_grad`` of the backbone's "extra" parameters.
+
+    MTLoRA and DiTASK train, besides their own parameters, the patch embedding, every LayerNorm,
+    the relative-position bias tables and the PatchMerging reductions (PROTOCOL.md 5.2,
+    DITASK.md 4.1). ``groups`` picks a subset of :data:`EXTRA_GROUPS`.
+    """
+    from mtpeft_bench.measure import backbone_param_kind
+
+    for name, param in backbone.named_parameters():
+        if backbone_param_kind(name) in groups:
+            param.requires_grad_(trainable)

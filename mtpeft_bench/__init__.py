@@ -1,0 +1,40 @@
+"""mtbench: multi-task parameter-efficient fine-tuning of vision transformers on dense prediction.
+
+The public Python API (imported lazily, so ``import mtpeft_bench`` does not import torch):
+
+- :func:`run` — train and evaluate one method on one dataset, return the result record.
+- :func:`load_results` — every result JSON under a folder as a ``pandas.DataFrame``.
+- :data:`method_registry`, :data:`dataset_registry`, :func:`register_method`,
+  :func:`register_dataset`, :func:`get_method`, :func:`get_dataset`.
+- :mod:`mtpeft_bench.metrics` — the streaming meters and :func:`delta_m`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "run": "mtpeft_bench.runner",
+    "RunConfig": "mtpeft_bench.config",
+    "load_results": "mtpeft_bench.results",
+    "delta_m": "mtpeft_bench.delta",
+    "method_registry": "mtpeft_bench.registry",
+    "dataset_registry": "mtpeft_bench.registry",
+    "register_method": "mtpeft_bench.registry",
+    "register_dataset": "mtpeft_bench.registry",
+    "get_method": "mtpeft_bench.registry",
+    "get_dataset": "mtpeft_bench.registry",
+    "UserError": "mtpeft_bench.errors",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'mtpeft_bench' has no attribute {name!r}")

@@ -1,0 +1,195 @@
+"""The Swin backbone: creation from timm, weight loading and provenance.
+
+The backbone is timm's stock ``SwinTransformer`` (never a fork) with its classifier head and final
+norm removed, so its parameters are exactly the features-only model's (27,517,818 for Swin-T).
+Stage ``i`` of timm starts with the PatchMerging of the previous stage (the original Swin code,
+which MTLoRA and DiTASK forked, keeps it at the end of the stage); the encoder accounts for that.
+
+Weights (``--weights``):
+
+- ``none``: timm's random initialisation;
+- ``timm``: the pretrained weights of the timm model name from the Hugging Face hub
+  (``swin_tiny_patch4_window7_224`` is the ImageNet-1k checkpoint; append a tag such as
+  ``.ms_in22k`` to the backbone name for another);
+- a path to ``.safetensors``, ``.pth`` or ``.pt``: a timm state dict or an original Microsoft
+  Swin checkpoint (``{"model": ...}``), converted by timm's own checkpoint filter. Pickles are
+  loaded with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mtpeft_bench.errors import UserError
+
+
+# Small Swin configurations for CPU runs; none of them has hub weights.
+BACKBONE_ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
+    "swin_micro": (
+        "swin_tiny_patch4_window7_224",
+        dict(embed_dim=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8), window_size=4),
+    ),
+}
+
+WEIGHT_KINDS = ("none", "timm", "builtin")
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _timm_swin(name: str, img_size: tuple[int, int], drop_path_rate: float, pretrained: bool) -> nn.Module:
+    import timm
+    from timm.models.swin_transformer import SwinTransformer
+
+    arch, overrides = BACKBONE_ALIASES.get(name, (name, {}))
+    base = arch.split(".")[0]
+    if timm.is_model(base) and not timm.models.model_entrypoint(base).__module__.endswith(".swin_transformer"):
+        raise UserError(f"backbone '{name}' is not a timm SwinTransformer; mtbench adapts Swin (v1) backbones only")
+    try:
+        model = timm.create_model(
+            arch, pretrained=pretrained, num_classes=0, img_size=img_size, drop_path_rate=drop_path_rate, **overrides
+        )
+    except RuntimeError as exc:
+        if "Unknown model" in str(exc) or "Invalid pretrained tag" in str(exc):
+            raise UserError(f"unknown backbone '{name}': give a timm Swin name such as swin_tiny_patch4_window7_224 "
+                            f"or one of {', '.join(BACKBONE_ALIASES)}") from None
+        raise
+    if not isinstance(model, SwinTransformer):
+        raise UserError(f"backbone '{name}' is a {type(model).__name__}, not a timm SwinTransformer; "
+                        "mtbench adapts Swin (v1) backbones only")
+    return model
+
+
+def _strip_classifier(model: nn.Module) -> nn.Module:
+    # The dense-prediction encoder uses the four stage outputs; the final norm and the classifier
+    # are never used, so they go (the parameter count then equals timm's features_only model).
+    model.head = nn.Identity()
+    model.norm = nn.Identity()
+    return model
+
+
+def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
+    """Read a checkpoint without unpickling arbitrary objects.
+
+    Raises:
+        UserError: the file is missing or not a loadable checkpoint.
+    """
+    if not path.is_file():
+        raise UserError(f"weights file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to read is the file's fault
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"cannot read weights from {path}: {first}") from None
+    if not isinstance(state, dict):
+        raise UserError(f"{path} holds a {type(state).__name__}, not a state dict")
+    return state
+
+
+def _load_file_weights(model: nn.Module, path: Path) -> None:
+    from timm.models.swin_transformer import checkpoint_filter_fn
+
+    state = load_state_dict_file(path)
+    try:
+        state = checkpoint_filter_fn(state, model)
+    except (AttributeError, KeyError, RuntimeError, ValueError) as exc:
+        raise UserError(f"{path} does not fit this Swin backbone: {exc}") from None
+    # Drop the classifier and the final norm (both removed from the encoder).
+    state = {k: v for k, v in state.items() if not (k.startswith("head.") or k.startswith("norm."))}
+    expected = {k for k in model.state_dict()}
+    missing = sorted(expected - set(state))
+    unexpected = sorted(set(state) - expected)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+        raise UserError(f"{path} does not fit this Swin backbone: {', '.join(parts)} keys")
+    shapes = [k for k, v in state.items() if tuple(v.shape) != tuple(model.state_dict()[k].shape)]
+    if shapes:
+        raise UserError(f"{path} does not fit this Swin backbone: shape of {shapes[0]} differs")
+    model.load_state_dict(state, strict=True)
+
+
+def create_backbone(name: str, img_size: tuple[int, int], weights: str = "none",
+                    drop_path_rate: float = 0.0) -> tuple[nn.Module, dict[str, Any]]:
+    """Create the timm Swin backbone and load its weights.
+
+    Args:
+        name: a timm Swin model name (optionally with a pretrained tag) or a key of
+            :data:`BACKBONE_ALIASES`.
+        img_size: (H, W) of the input images.
+        weights: ``none``, ``timm``, ``builtin`` or a path to a checkpoint file.
+        drop_path_rate: stochastic depth rate (0.2 in the paper recipe).
+
+    Returns:
+        ``(backbone, provenance)``; ``provenance`` says where the weights came from and is stored
+        in the result file.
+
+    Raises:
+        UserError: unknown name, weights that cannot be had, or a checkpoint that does not fit.
+    """
+    if weights == "timm":
+        if name in BACKBONE_ALIASES:
+            raise UserError(f"backbone '{name}' has no pretrained weights on the hub; use --weights none "
+                            "or --weights PATH")
+        try:
+            model = _timm_swin(name, img_size, drop_path_rate, pretrained=True)
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - hub errors come in many types
+            reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"cannot get pretrained weights for '{name}' from the Hugging Face hub ({reason}); "
+                            "without network use --weights PATH (a local checkpoint) or --weights none") from None
+        cfg = getattr(model, "pretrained_cfg", {}) or {}
+        provenance = {"source": "timm", "id": cfg.get("hf_hub_id") or cfg.get("url") or name,
+                      "tag": cfg.get("tag")}
+    elif weights == "none":
+        model = _timm_swin(name, img_size, drop_path_rate, pretrained=False)
+        provenance = {"source": "none", "id": None, "note": "random initialisation (timm's init)"}
+    elif weights == "builtin":
+        try:
+            from mtpeft_bench import builtin_weights
+        except ImportError:
+            raise UserError("this version of mtbench ships no built-in weights; use --weights none, timm "
+                            "or a checkpoint path") from None
+        model = _timm_swin(name, img_size, drop_path_rate, pretrained=False)
+        provenance = builtin_weights.load_into(model, name)
+    else:
+        path = Path(os.path.expanduser(weights))
+        if not path.exists():
+            raise UserError(f"--weights must be one of {', '.join(WEIGHT_KINDS)} or a checkpoint path; "
+                            f"'{weights}' is neither")
+        model = _strip_classifier(_timm_swin(name, img_size, drop_path_rate, pretrained=False))
+        _load_file_weights(model, path)
+        provenance = {"source": "file", "id": str(path.resolve()), "sha256": sha256_of(path)}
+    return _strip_classifier(model), provenance
+
+
+def stage_channels(backbone: nn.Module) -> list[int]:
+    """Channels of the four stage outputs (B, H, W, C) of a timm Swin, e.g. [96, 192, 384, 768]."""
+    return [int(info["num_chs"]) for info in backbone.feature_info]
+
+
+def feature_channels(backbone: nn.Module) -> list[int]:
+    """Channels of the encoder's four features (PROTOCOL.md 4.1): stages 1-3 after the next
+    stage's PatchMerging, stage 4 as is — [192, 384, 768, 768] for Swin-T."""
+    stages = stage_channels(backbone)
+    merged = [int(stage.downsample.reduction.out_features) for stage in list(backbone.layers)[1:]]
+    return [*merged, stages[-1]]

@@ -1,0 +1,281 @@
+"""Run configuration: defaults → preset → command-line options → ``--set key=value``.
+
+``RunConfig`` holds everything a run depends on. Method and dataset hyper-parameters live in their
+plugins' ``Config`` dataclasses and are set with ``--set method.<key>=<value>`` and
+``--set data.<key>=<value>``; task loss weights with ``--set loss_weights.<task>=<value>``.
+
+Presets:
+
+- ``smoke``: a micro Swin at 64 px with random weights, a few hundred steps: a check that
+  everything runs end to end (under 2 minutes on 2 CPU cores), not a result.
+- ``cpu``: a run worth reading on a CPU: Swin-T at the dataset's native size on ``synth``.
+- ``paper``: the published recipe (PROTOCOL.md 4.4): Swin-T, 448 px, 300 epochs, batch 32,
+  AdamW 5e-4 × batch/512, 20 warm-up epochs then cosine, weight decay 0.05, drop-path 0.2,
+  gradient clipping 5, AMP.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+from mtpeft_bench.errors import UserError
+
+
+@dataclass
+class RunConfig:
+    """Everything one run depends on (see the module docstring for how it is resolved)."""
+
+    method: str = "full"
+    dataset: str = "synth"
+    tasks: tuple[str, ...] | None = None  # None: the dataset's default tasks
+    preset: str = "paper"
+    seed: int = 0
+    # model
+    backbone: str = "swin_tiny_patch4_window7_224"
+    weights: str = "timm"
+    image_size: tuple[int, int] | None = None  # None: the dataset's protocol size
+    drop_path: float = 0.2
+    # optimisation (PROTOCOL.md 4.4)
+    epochs: int = 300
+    batch_size: int = 32
+    eval_batch_size: int | None = None  # None: batch_size
+    base_lr: float = 5e-4
+    warmup_lr: float = 5e-7
+    min_lr: float = 5e-6
+    lr_reference_batch: int = 512  # LRs are multiplied by global_batch / lr_reference_batch
+    warmup_epochs: float = 20
+    weight_decay: float = 0.05
+    clip_grad: float | None = 5.0
+    amp: bool = True  # CUDA only
+    amp_dtype: str = "float16"
+    loss_weights: dict[str, float] = field(default_factory=dict)  # overrides of the tasks' weights
+    # evaluation and logging
+    eval_every: int = 5  # epochs; 0: only at the end
+    limit_train_batches: int | None = None  # cap on steps per epoch (debugging)
+    limit_eval_batches: int | None = None
+    # system
+    device: str = "auto"
+    num_workers: int = 4
+    deterministic: bool = False
+    progress: bool = True
+    # data and output
+    data_root: str | None = None
+    out: str = "results"
+    tag: str = ""
+    # plugin options
+    method_options: dict[str, Any] = field(default_factory=dict)
+    data_options: dict[str, Any] = field(default_factory=dict)
+
+    def lr_scale(self, world_size: int = 1) -> float:
+        return self.batch_size * world_size / self.lr_reference_batch
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "smoke": dict(
+        backbone="swin_micro", weights="none", image_size=(64, 64), drop_path=0.0,
+        epochs=3, batch_size=16, base_lr=1e-3 * 512 / 16, warmup_lr=1e-6 * 512 / 16, min_lr=1e-5 * 512 / 16,
+        warmup_epochs=0.5, eval_every=0, num_workers=0, amp=False,
+    ),
+    "cpu": dict(
+        backbone="swin_tiny_patch4_window7_224", weights="timm", image_size=None, drop_path=0.1,
+        epochs=10, batch_size=16, base_lr=2e-4 * 512 / 16, warmup_lr=2e-7 * 512 / 16, min_lr=2e-6 * 512 / 16,
+        warmup_epochs=1, eval_every=5, num_workers=2, amp=False,
+    ),
+    "paper": dict(),
+}
+
+PRESET_HELP = {
+    "smoke": "micro Swin, 64 px, random init, ~200 steps: checks the pipeline (< 2 min on 2 CPU cores)",
+    "cpu": "Swin-T at the dataset's size, pretrained, 10 epochs: a run worth reading on a CPU",
+    "paper": "the published recipe: Swin-T, 448 px, 300 epochs, batch 32, AdamW 5e-4×batch/512",
+}
+
+# Fields that do not change what a run computes: left out of the config hash.
+_NOT_HASHED = {"out", "tag", "data_root", "device", "num_workers", "progress"}
+
+
+def _field_types() -> dict[str, Any]:
+    return {f.name: f for f in dataclasses.fields(RunConfig)}
+
+
+def parse_value(text: str) -> Any:
+    """Parse a ``--set`` value: YAML scalars and lists, and floats like ``1e-3`` that YAML 1.1 misses."""
+    import yaml
+
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def parse_sets(items: Sequence[str]) -> dict[str, Any]:
+    """``["a=1", "method.r=8"]`` → ``{"a": 1, "method.r": 8}``.
+
+    Raises:
+        UserError: an item is not ``key=value``.
+    """
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise UserError(f"--set expects key=value (e.g. --set epochs=10 or --set method.r=8), got '{item}'")
+        out[key] = parse_value(value.strip())
+    return out
+
+
+def _coerce(name: str, value: Any, annotation: str) -> Any:
+    """Convert ``value`` to the type of field ``name`` (annotated ``annotation``)."""
+    if name == "image_size":
+        if value is None:
+            return None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return (int(value), int(value))
+        if isinstance(value, str):
+            value = [v for v in value.replace("x", ",").split(",") if v.strip()]
+        if isinstance(value, (list, tuple)) and len(value) == 2:
+            try:
+                return (int(value[0]), int(value[1]))
+            except (TypeError, ValueError):
+                pass
+        raise UserError(f"image_size must be N or H,W (e.g. 448 or 480,640), got {value!r}")
+    if name == "tasks":
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        return tuple(str(v) for v in value)
+    if value is None:
+        if "None" in annotation:
+            return None
+        raise UserError(f"{name} cannot be null")
+    kinds = {"bool": "true or false", "float": "number", "int": "integer", "str": "string"}
+    kind = next((k for k in kinds if k in annotation.replace("None", "")), None)
+    try:
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            raise ValueError
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            return float(value)
+        if kind == "int":
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if kind == "str":
+            return str(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{name} must be {'an' if kind == 'int' else 'a'} {kinds[kind]}, got {value!r}") from None
+    return value
+
+
+def apply_overrides(cfg: RunConfig, overrides: Mapping[str, Any]) -> RunConfig:
+    """Apply flat overrides (``epochs``, ``method.r``, ``data.seed``, ``loss_weights.depth``).
+
+    Raises:
+        UserError: an unknown key or a value of the wrong type.
+    """
+    fields = _field_types()
+    for key, value in overrides.items():
+        head, _, rest = key.partition(".")
+        if head == "method" and rest:
+            cfg.method_options[rest] = value
+        elif head == "data" and rest:
+            cfg.data_options[rest] = value
+        elif head == "loss_weights" and rest:
+            try:
+                cfg.loss_weights[rest] = float(value)
+            except (TypeError, ValueError):
+                raise UserError(f"loss weight of {rest} must be a number, got {value!r}") from None
+        elif key in fields and key not in ("method_options", "data_options", "loss_weights"):
+            setattr(cfg, key, _coerce(key, value, str(fields[key].type)))
+        else:
+            import difflib
+
+            names = [n for n in fields if n not in ("method_options", "data_options")]
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            raise UserError(f"unknown setting '{key}'{hint} (run settings: {', '.join(names)}; "
+                            "plugin options: method.<key>, data.<key>)")
+    return cfg
+
+
+def resolve(preset: str | None, options: Mapping[str, Any], sets: Mapping[str, Any],
+            default_preset: str = "paper") -> RunConfig:
+    """Build the run configuration: defaults → preset → explicit options → ``--set`` overrides.
+
+    Args:
+        preset: preset name, or None for ``default_preset``.
+        options: explicit command-line options (None values are ignored).
+        sets: parsed ``--set`` overrides.
+    """
+    name = preset or default_preset
+    if name not in PRESETS:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(PRESETS), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise UserError(f"unknown preset '{name}'{hint} Available: {', '.join(PRESETS)}")
+    cfg = RunConfig(preset=name)
+    apply_overrides(cfg, PRESETS[name])
+    apply_overrides(cfg, {k: v for k, v in options.items() if v is not None})
+    apply_overrides(cfg, sets)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    """Reject values no run can use.
+
+    Raises:
+        UserError: with the offending setting named.
+    """
+    positive = {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "lr_reference_batch": cfg.lr_reference_batch}
+    for name, value in positive.items():
+        if value <= 0:
+            raise UserError(f"{name} must be positive, got {value}")
+    if cfg.eval_batch_size is not None and cfg.eval_batch_size <= 0:
+        raise UserError(f"eval_batch_size must be positive, got {cfg.eval_batch_size}")
+    for name in ("base_lr", "warmup_lr", "min_lr", "weight_decay", "warmup_epochs", "drop_path"):
+        if getattr(cfg, name) < 0:
+            raise UserError(f"{name} must not be negative, got {getattr(cfg, name)}")
+    if not 0 <= cfg.drop_path < 1:
+        raise UserError(f"drop_path must be in [0, 1), got {cfg.drop_path}")
+    if cfg.clip_grad is not None and cfg.clip_grad <= 0:
+        raise UserError(f"clip_grad must be positive or null, got {cfg.clip_grad}")
+    if cfg.amp_dtype not in ("float16", "bfloat16"):
+        raise UserError(f"amp_dtype must be float16 or bfloat16, got {cfg.amp_dtype!r}")
+    if cfg.eval_every < 0:
+        raise UserError(f"eval_every must be >= 0, got {cfg.eval_every}")
+    if cfg.num_workers < 0:
+        raise UserError(f"num_workers must be >= 0, got {cfg.num_workers}")
+    if cfg.image_size is not None and min(cfg.image_size) < 32:
+        raise UserError(f"image_size must be at least 32 px per side, got {cfg.image_size}")
+    for name in ("limit_train_batches", "limit_eval_batches"):
+        value = getattr(cfg, name)
+        if value is not None and value <= 0:
+            raise UserError(f"{name} must be positive or null, got {value}")
+
+
+def config_hash(cfg: RunConfig, extra: Mapping[str, Any] | None = None) -> str:
+    """A short hash of everything that changes what a run computes (not where it writes)."""
+    data = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_HASHED}
+    if extra:
+        data["extra"] = extra
+    blob = json.dumps(data, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:12]

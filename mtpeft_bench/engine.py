@@ -1,0 +1,249 @@
+"""The one training and evaluation loop, used for every method.
+
+AdamW (weight decay 0.05 except on 1-D parameters and biases, as in the Swin/MTLoRA code), LR
+linearly scaled by global batch / 512, timm's per-iteration cosine schedule after a linear
+warm-up prefix, gradient-norm clipping, AMP on CUDA, streaming evaluation. PROTOCOL.md 4.4.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from mtpeft_bench.losses import compute_losses
+from mtpeft_bench.measure import Throughput, peak_memory_mb, reset_peak_memory
+from mtpeft_bench.metrics import build_meter
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+def param_groups_for_optimizer(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Trainable parameters split into decayed and not decayed.
+
+    No decay for 1-D parameters (norms, biases, ...) and anything named ``*.bias``; 2-D tensors
+    such as the relative-position bias tables and DiTASK's θ are decayed, as in the reference code
+    (PROTOCOL.md 4.4, DITASK.md 4.4).
+    """
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        (no_decay if param.ndim <= 1 or name.endswith(".bias") else decay).append(param)
+    groups = []
+    if decay:
+        groups.append({"params": decay, "weight_decay": weight_decay})
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+@dataclass
+class Schedule:
+    """The learning-rate plan of a run, already scaled by the batch."""
+
+    lr: float
+    warmup_lr: float
+    min_lr: float
+    total_steps: int
+    warmup_steps: int
+
+
+def make_optimizer(model: nn.Module, schedule: Schedule, weight_decay: float):
+    """AdamW(β=(0.9, 0.999), eps=1e-8) and timm's ``CosineLRScheduler`` stepped per iteration."""
+    from timm.scheduler import CosineLRScheduler
+
+    groups = param_groups_for_optimizer(model, weight_decay)
+    if not groups:
+        raise ValueError("the model has no trainable parameter")
+    optimizer = torch.optim.AdamW(groups, lr=schedule.lr, betas=(0.9, 0.999), eps=1e-8)
+    scheduler = CosineLRScheduler(
+        optimizer,
+        t_initial=max(1, schedule.total_steps - schedule.warmup_steps),
+        lr_min=schedule.min_lr,
+        warmup_lr_init=schedule.warmup_lr,
+        warmup_t=schedule.warmup_steps,
+        warmup_prefix=True,
+        cycle_limit=1,
+        t_in_epochs=False,
+    )
+    return optimizer, scheduler
+
+
+def _to_device(batch: Mapping[str, Any], tasks: Sequence[str], device: torch.device):
+    images = batch["image"].to(device, non_blocking=True)
+    targets = {t: batch[t].to(device, non_blocking=True) for t in tasks}
+    return images, targets
+
+
+def _autocast(device: torch.device, enabled: bool, dtype: str):
+    return torch.autocast(device_type=device.type, dtype=getattr(torch, dtype), enabled=enabled and device.type == "cuda")
+
+
+@dataclass
+class EpochStats:
+    """What one training epoch reports."""
+
+    epoch: int
+    loss: float
+    task_losses: dict[str, float]
+    lr: float
+    steps: int
+    seconds: float
+    val: dict[str, dict[str, float]] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items()}
+
+
+@dataclass
+class Trainer:
+    """Owns the optimisation state of one run.
+
+    Args:
+        model: the multi-task model.
+        task_specs: the tasks (their losses and weights).
+        device: where to train.
+        schedule: the LR plan.
+        weight_decay, clip_grad, amp, amp_dtype: see :class:`~mtpeft_bench.config.RunConfig`.
+        loss_weights: per-task overrides of ``TaskSpec.loss_weight``.
+        progress: show tqdm bars.
+    """
+
+    model: nn.Module
+    task_specs: Sequence[Any]
+    device: torch.device
+    schedule: Schedule
+    weight_decay: float = 0.05
+    clip_grad: float | None = 5.0
+    amp: bool = True
+    amp_dtype: str = "float16"
+    loss_weights: Mapping[str, float] = field(default_factory=dict)
+    progress: bool = True
+    step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.optimizer, self.scheduler = make_optimizer(self.model, self.schedule, self.weight_decay)
+        use_scaler = self.amp and self.device.type == "cuda" and self.amp_dtype == "float16"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+        # Skip the first steps (allocator and kernel warm-up), but keep some timed steps in short runs.
+        self.train_throughput = Throughput(self.device, warmup=min(5, self.schedule.total_steps // 2))
+        self.tasks = [s.name for s in self.task_specs]
+        self.encoder = getattr(self.model, "encoder", self.model)
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+
+    def _loss(self, outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]):
+        _, per_task = compute_losses({t: o.float() for t, o in outputs.items()}, targets, self.task_specs)
+        # The weighted sum is formed here so that --set loss_weights.<task>=... can override it.
+        total = sum(self.loss_weights.get(s.name, s.loss_weight) * per_task[s.name] for s in self.task_specs)
+        extra = getattr(self.encoder, "extra_loss", None)
+        if callable(extra):
+            term = extra()
+            if term is not None:
+                total = total + term
+        return total, per_task
+
+    def train_step(self, images: torch.Tensor, targets: dict[str, torch.Tensor]) -> tuple[float, dict[str, float]]:
+        """One optimisation step; returns the loss and the per-task (unweighted) losses."""
+        with self.train_throughput.time(images.shape[0]):
+            with _autocast(self.device, self.amp, self.amp_dtype):
+                outputs = self.model(images)
+            total, per_task = self._loss(outputs, targets)
+            if not torch.isfinite(total):
+                bad = [t for t, v in per_task.items() if not torch.isfinite(v)]
+                where = f"in the loss of task {', '.join(bad)}" if bad else "in the method's extra loss"
+                raise TrainingDiverged(f"the loss became {total.item()} at step {self.step} {where}; "
+                                       "lower the learning rate (--set base_lr=...) or disable AMP (--set amp=false)")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(total).backward()
+            if self.clip_grad:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.trainable, self.clip_grad)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        self.step += 1
+        self.scheduler.step_update(self.step)
+        return total.item(), {t: v.item() for t, v in per_task.items()}
+
+    def train_epoch(self, loader: Iterable, epoch: int, epochs: int, limit: int | None = None) -> EpochStats:
+        self.model.train()
+        start = time.perf_counter()
+        total = 0.0
+        per_task = {t: 0.0 for t in self.tasks}
+        steps = 0
+        n_batches = len(loader) if hasattr(loader, "__len__") else None
+        if limit is not None and n_batches is not None:
+            n_batches = min(n_batches, limit)
+        bar = tqdm(loader, total=n_batches, desc=f"epoch {epoch}/{epochs}", disable=not self.progress,
+                   leave=False, dynamic_ncols=True, unit="batch")
+        for batch in bar:
+            if limit is not None and steps >= limit:
+                break
+            images, targets = _to_device(batch, self.tasks, self.device)
+            loss, losses = self.train_step(images, targets)
+            total += loss
+            for t, v in losses.items():
+                per_task[t] += v
+            steps += 1
+            rate = self.train_throughput.last_rate
+            bar.set_postfix(loss=f"{loss:.3f}", lr=f"{self.current_lr():.2e}",
+                            **({"img/s": f"{rate:.1f}"} if rate else {}))
+        bar.close()
+        steps = max(steps, 1)
+        return EpochStats(epoch=epoch, loss=total / steps, task_losses={t: v / steps for t, v in per_task.items()},
+                          lr=self.current_lr(), steps=steps, seconds=time.perf_counter() - start)
+
+    def current_lr(self) -> float:
+        return max(group["lr"] for group in self.optimizer.param_groups)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, task_specs: Sequence[Any], device: torch.device,
+             amp: bool = False, amp_dtype: str = "float16", limit: int | None = None, progress: bool = True,
+             reduce: Callable[[Any], None] | None = None) -> tuple[dict[str, dict[str, float]], Throughput]:
+    """Run the model over ``loader`` and return ``{task: {metric: value}}`` and the inference timing.
+
+    The meters stream (no prediction is kept); ``reduce(meter)`` (e.g. a DDP all-reduce) runs on
+    every meter before ``compute()``.
+    """
+    model.eval()
+    meters = {s.name: build_meter(s) for s in task_specs}
+    tasks = list(meters)
+    timing = Throughput(device, warmup=2)
+    n_batches = len(loader) if hasattr(loader, "__len__") else None
+    if limit is not None and n_batches is not None:
+        n_batches = min(n_batches, limit)
+    bar = tqdm(loader, total=n_batches, desc="eval", disable=not progress, leave=False, dynamic_ncols=True,
+               unit="batch")
+    for i, batch in enumerate(bar):
+        if limit is not None and i >= limit:
+            break
+        images, targets = _to_device(batch, tasks, device)
+        with timing.time(images.shape[0]):
+            with _autocast(device, amp, amp_dtype):
+                outputs = model(images)
+        for t in tasks:
+            meters[t].update(outputs[t].float(), targets[t])
+    bar.close()
+    results = {}
+    for t, meter in meters.items():
+        if reduce is not None:
+            reduce(meter)
+        results[t] = {k: float(v) for k, v in meter.compute().items()}
+    return results, timing
+
+
+def is_finite_metrics(metrics: Mapping[str, Mapping[str, float]]) -> bool:
+    return all(math.isfinite(v) for m in metrics.values() for v in m.values())
+
+
+__all__ = ["Trainer", "Schedule", "evaluate", "TrainingDiverged", "param_groups_for_optimizer",
+           "peak_memory_mb", "reset_peak_memory"]

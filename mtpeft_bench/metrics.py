@@ -1,0 +1,551 @@
+"""Streaming evaluation meters, one per task kind (PROTOCOL.md 3), and Δm.
+
+A meter never keeps a prediction: each :meth:`Meter.update` reduces the batch to a few sums, counts or
+histograms (``Meter.states``, float64 / int64 tensors) and :meth:`Meter.compute` turns them into the
+numbers. Because the states are plain sums, splitting the data over several meters and adding the
+states (:meth:`Meter.merge`, or :meth:`Meter.all_reduce` over ``torch.distributed``) gives exactly the
+numbers of one pass over all the data.
+
+Usage::
+
+    meter = build_meter(task)          # task: a TaskSpec
+    for batch in loader:
+        meter.update(outputs[task.name], batch[task.name])   # raw head output, target resolution
+    meter.all_reduce()                 # once, after the last update (no-op without torch.distributed)
+    meter.compute()                    # {"mIoU": 67.21, "pixAcc": 91.3}
+
+``pred`` is the raw head output ``[B, C, H, W]`` at the target's resolution: logits for segmentation,
+saliency and edge, unnormalised vectors for normals, metres for depth. Targets are batched in the
+formats of ``tasks/base.py``; pixels whose target equals ``task.ignore_index`` (255) are not seen.
+Percentages are in % (mIoU 67.21, not 0.6721). A meter that has seen no valid pixel returns NaN
+for every metric (undefined, rather than a misleading 0).
+
+Metrics (keys of :meth:`Meter.compute`), exact definitions as in scale-lab/MTLoRA:evaluation and
+SimonVandenhende/Multi-Task-Learning-PyTorch:evaluation:
+
+segmentation (also human parts) — ``SemsegMeter`` / ``HumanPartsMeter``
+    A confusion matrix over the valid pixels of the whole dataset (prediction = argmax over channels).
+    ``mIoU`` = mean over ALL ``num_outputs`` classes of TP / max(TP + FP + FN, 1e-8) (a class absent
+    from both GT and prediction contributes 0); ``pixAcc`` = correct / valid pixels. Images whose
+    target is all-ignore (non-person images for human parts) contribute nothing.
+depth — ``DepthMeter``
+    valid = target ≠ 255 and target > 0. As the reference meter, the prediction is clamped to
+    ≥ 1e-9 before every metric. ``rmse`` = sqrt(Σ (g − p)² / N) pooled over all valid pixels of the
+    dataset (not a per-image average); ``log_rmse`` the same on log p vs log g; extras ``abs_rel`` =
+    mean |p − g| / g and ``delta1`` = % of pixels with max(p/g, g/p) < 1.25.
+normals — ``NormalsMeterV1`` with proper extras
+    The prediction is L2-normalised; valid = no channel of the target is 255; per-pixel angle =
+    degrees(arccos(clamp(⟨p̂, g⟩, −1, 1))). ``mean`` pooled over all valid pixels (the headline
+    number), ``median`` from a histogram of 0.01° bins over [0°, 180°] (the bin centres of the middle
+    pixels, so it is within 0.005° of the exact median), ``rmse`` = sqrt(mean angle²) (the proper
+    one; MTLoRA's V1 ``rmse`` equals the mean by a bug), ``11.25`` / ``22.5`` / ``30`` = % of valid pixels
+    with an angle strictly below that.
+saliency — ``SaliencyMeterWithNoBeta`` (mIoU) and the InvPT/ATRC ``SaliencyMeter`` (maxF)
+    p = sigmoid(logit), once. ``mIoU``: for each t in linspace(0.2, 0.9, 15), per image
+    IoU(GT, p > t) over the valid pixels (:= 1 when both are empty), averaged over images (images
+    without a valid pixel are skipped); the max over t of those means. ``maxF``: for t in
+    0.05, 0.10, ..., 0.95, pixel-pooled over the dataset TP / predicted (p ≥ t) / actual counts,
+    F_β = (1 + β²)PR / (β²P + R) with β² = 0.3 (0 where undefined), max over t. This is the
+    InvPT/ATRC number WITHOUT their double-sigmoid bug. GT positive = target ≥ 0.5.
+edge — a tolerance F-measure, ``F_tol``
+    p = sigmoid(logit); for the 99 thresholds t = 0.01, 0.02, ..., 0.99 a pixel is a predicted edge
+    when p ≥ t. Pooled over the dataset: precision = #predicted edge pixels within Euclidean
+    distance r of a GT edge pixel / #predicted, recall = #GT edge pixels within r of a predicted edge
+    pixel / #GT, F = 2PR / (P + R) (0 where undefined), reported as the max over t (ODS-style).
+    r = ``task.options["max_dist"]`` × the image diagonal in pixels (0.0075 for PASCAL, 0.011 for
+    NYUD), implemented as a max filter over a disk of radius r. THIS IS NOT SEISM'S odsF: there is no
+    one-to-one (bipartite) matching of pixels and no thinning of the predictions, so a thick
+    predicted edge is not penalised and F_tol is typically higher than odsF. Ignored pixels neither
+    predict nor need to be matched. A task whose metrics ask for ``odsF`` (real datasets) gets a
+    meter that accumulates normally but whose :meth:`compute` raises ``NotImplementedError`` until
+    the pyEdgeEval backend exists.
+
+Δm: :func:`delta_m` and :func:`per_task_delta` are re-exported from :mod:`mtpeft_bench.delta`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mtpeft_bench.delta import delta_m, per_task_delta
+from mtpeft_bench.tasks.base import TaskSpec
+
+__all__ = [
+    "DepthMeter",
+    "EdgeMeter",
+    "Meter",
+    "NormalsMeter",
+    "SaliencyMeter",
+    "SegmentationMeter",
+    "build_meter",
+    "delta_m",
+    "per_task_delta",
+]
+
+#: Width of a bin of the normals angle histogram the median is read from, in degrees.
+NORMALS_MEDIAN_BIN_DEG = 0.01
+_NORMALS_BINS = 18000  # 180° / 0.01°
+NORMALS_THRESHOLDS_DEG = (11.25, 22.5, 30.0)
+_NORMALS_KEYS = ("11.25", "22.5", "30")
+
+#: Saliency mIoU thresholds (p > t), MTLoRA ``SaliencyMeterWithNoBeta.mask_thres``.
+#: Computed as ``np.linspace(0.2, 0.9, 15)`` does (``start + i·step``, last = stop), bit for bit.
+SALIENCY_IOU_THRESHOLDS = tuple([0.2 + i * ((0.9 - 0.2) / 14) for i in range(14)] + [0.9])
+#: Saliency maxF thresholds (p ≥ t), InvPT ``SaliencyMeter`` (step 0.05).
+SALIENCY_F_THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))
+SALIENCY_BETA_SQUARED = 0.3
+#: Edge thresholds (p ≥ t), as the 99 values MTI-Net passes to SEISM.
+EDGE_THRESHOLDS = tuple(round(0.01 * i, 2) for i in range(1, 100))
+
+
+def _counts_above(k: Tensor, num_thresholds: int) -> Tensor:
+    """Given ``k`` = number of thresholds a value passes (from ``torch.bucketize``), return for each
+    threshold j the number of values that pass it, i.e. ``#{k > j}``, as int64[num_thresholds]."""
+    hist = torch.bincount(k.reshape(-1), minlength=num_thresholds + 1)
+    return hist.flip(0).cumsum(0).flip(0)[1:]
+
+
+def _disk_max(x: Tensor, radius: float) -> Tensor:
+    """Max of ``x`` ``[B, 1, H, W]`` over a disk of Euclidean radius ``radius`` (pixel offsets with
+    dx² + dy² ≤ radius²) around every pixel; outside the image counts as −inf."""
+    reach = int(math.floor(radius + 1e-9))
+    if reach <= 0:
+        return x
+    height = x.shape[-2]
+    out = torch.full_like(x, -math.inf)
+    rows: dict[int, Tensor] = {}
+    for dy in range(-reach, reach + 1):
+        if abs(dy) >= height:
+            continue
+        half = int(math.floor(math.sqrt(max(radius * radius - dy * dy, 0.0)) + 1e-9))
+        if half not in rows:
+            rows[half] = x if half == 0 else F.max_pool2d(x, kernel_size=(1, 2 * half + 1), stride=1,
+                                                          padding=(0, half))
+        row = rows[half]
+        # out[y] = max(out[y], row[y + dy])
+        if dy >= 0:
+            out[..., : height - dy, :] = torch.maximum(out[..., : height - dy, :], row[..., dy:, :])
+        else:
+            out[..., -dy:, :] = torch.maximum(out[..., -dy:, :], row[..., : height + dy, :])
+    return out
+
+
+def _single_channel(target: Tensor, pred: Tensor, what: str) -> Tensor:
+    if pred.shape[1] != 1:
+        raise ValueError(f"{what}: prediction must have 1 channel, got shape {tuple(pred.shape)}")
+    if target.dim() == 3:
+        target = target.unsqueeze(1)
+    if target.shape != pred.shape:
+        raise ValueError(f"{what}: prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ in shape "
+                         "(the meter expects the prediction at the target's resolution)")
+    return target
+
+
+class Meter:
+    """Base class of the streaming meters.
+
+    Attributes:
+        task: the :class:`TaskSpec` measured.
+        states: name → float64/int64 tensor of sums; together they fully define the meter.
+        metric_names: the keys :meth:`compute` returns.
+    """
+
+    kind: ClassVar[str] = ""
+    metric_names: ClassVar[tuple[str, ...]] = ()
+    #: metric names a task may ask for besides ``metric_names`` (handled specially by ``compute``).
+    extra_names: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, task: TaskSpec) -> None:
+        if task.kind != self.kind:
+            raise ValueError(f"task {task.name!r} is of kind {task.kind!r}, not {self.kind!r}")
+        known = self.metric_names + self.extra_names
+        unknown = [m.name for m in task.metrics if m.name not in known]
+        if unknown:
+            raise ValueError(
+                f"task {task.name!r} asks for metric {', '.join(map(repr, unknown))}, which the {self.kind} meter "
+                f"does not compute; it computes: {', '.join(self.metric_names)}"
+            )
+        self.task = task
+        self.states: dict[str, Tensor] = self._new_states()
+
+    # -- to implement --------------------------------------------------------------------------------
+    def _new_states(self) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def _update(self, pred: Tensor, target: Tensor) -> dict[str, Tensor]:
+        """Return the increments of (some of) the states for one batch."""
+        raise NotImplementedError
+
+    def _compute(self, states: dict[str, Tensor]) -> dict[str, float]:
+        raise NotImplementedError
+
+    # -- public API ----------------------------------------------------------------------------------
+    def update(self, pred: Tensor, target: Tensor) -> None:
+        """Add one batch: ``pred`` the raw head output ``[B, C, H, W]``, ``target`` in the task's format.
+
+        The states follow ``pred`` to its device (so GPU evaluation does not synchronise per batch
+        for the additions).
+        """
+        with torch.no_grad():
+            pred = pred.detach()
+            if pred.dim() != 4:
+                raise ValueError(f"task {self.task.name!r}: prediction must be [B, C, H, W], got {tuple(pred.shape)}")
+            target = target.detach().to(pred.device)
+            if target.shape[0] != pred.shape[0] or target.shape[-2:] != pred.shape[-2:]:
+                raise ValueError(
+                    f"task {self.task.name!r}: prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ "
+                    "in batch or spatial size (the meter expects the prediction at the target's resolution)"
+                )
+            increments = self._update(pred, target)
+            for name, inc in increments.items():
+                state = self.states[name]
+                if state.device != inc.device:
+                    state = state.to(inc.device)
+                    self.states[name] = state
+                state += inc.to(state.dtype)
+
+    def compute(self) -> dict[str, float]:
+        """The metrics of everything seen so far (keys: ``metric_names``)."""
+        return self._compute({k: v.detach().cpu() for k, v in self.states.items()})
+
+    def reset(self) -> None:
+        """Forget everything seen."""
+        self.states = self._new_states()
+
+    def merge(self, other: "Meter") -> "Meter":
+        """Add the states of ``other`` (a meter of the same kind and shape) to this one; returns self."""
+        if type(other) is not type(self) or other.states.keys() != self.states.keys():
+            raise ValueError(f"cannot merge a {type(other).__name__} into a {type(self).__name__}")
+        for name, state in self.states.items():
+            theirs = other.states[name]
+            if theirs.shape != state.shape:
+                raise ValueError(f"cannot merge meters: state {name!r} has shape {tuple(theirs.shape)}, "
+                                 f"not {tuple(state.shape)}")
+            state += theirs.to(state.device, state.dtype)
+        return self
+
+    def all_reduce(self) -> None:
+        """Sum the states over all ranks of ``torch.distributed`` (no-op when it is not initialised).
+
+        Call it once, on every rank, after the last update; afterwards every rank's :meth:`compute`
+        gives the numbers of the whole dataset.
+        """
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        backend = str(dist.get_backend())
+        current = next(iter(self.states.values())).device
+        if current.type == "cuda" and "nccl" in backend:
+            device = current
+        elif current.type == "cpu" and ("gloo" in backend or "mpi" in backend):
+            device = current
+        elif "nccl" in backend:
+            device = torch.device("cuda", torch.cuda.current_device())
+        else:
+            device = torch.device("cpu")
+        for name in sorted(self.states):
+            tensor = self.states[name].to(device)
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+            self.states[name] = tensor
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(task={self.task.name!r})"
+
+
+class SegmentationMeter(Meter):
+    """Confusion-matrix mIoU and pixel accuracy (MTLoRA ``SemsegMeter`` / ``HumanPartsMeter``)."""
+
+    kind = "segmentation"
+    metric_names = ("mIoU", "pixAcc")
+
+    def __init__(self, task: TaskSpec) -> None:
+        self.num_classes = int(task.num_outputs)
+        super().__init__(task)
+
+    def _new_states(self) -> dict[str, Tensor]:
+        # confusion[g, p]: valid pixels with ground truth g predicted as p.
+        return {"confusion": torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64)}
+
+    def _update(self, pred: Tensor, target: Tensor) -> dict[str, Tensor]:
+        c = self.num_classes
+        if pred.shape[1] != c:
+            raise ValueError(f"task {self.task.name!r}: prediction has {pred.shape[1]} channels, expected {c}")
+        if target.dim() == 4:
+            target = target[:, 0]
+        label = pred.argmax(dim=1)
+        valid = target != self.task.ignore_index
+        gt = target[valid].long()
+        if gt.numel() and (int(gt.min()) < 0 or int(gt.max()) >= c):
+            raise ValueError(f"task {self.task.name!r}: target class ids must be in [0, {c}) or "
+                             f"{self.task.ignore_index}, got {int(gt.min())}..{int(gt.max())}")
+        idx = gt * c + label[valid]
+        return {"confusion": torch.bincount(idx, minlength=c * c).reshape(c, c)}
+
+    def class_iou(self) -> list[float]:
+        """IoU of each class in % (the terms whose mean is ``mIoU``)."""
+        conf = self.states["confusion"].cpu().double()
+        tp = conf.diag()
+        denom = conf.sum(0) + conf.sum(1) - tp
+        return (100.0 * tp / denom.clamp(min=1e-8)).tolist()
+
+    def _compute(self, states: dict[str, Tensor]) -> dict[str, float]:
+        conf = states["confusion"].double()
+        total = conf.sum()
+        if total == 0:
+            return {"mIoU": math.nan, "pixAcc": math.nan}
+        tp = conf.diag()
+        fp = conf.sum(0) - tp
+        fn = conf.sum(1) - tp
+        iou = tp / (tp + fp + fn).clamp(min=1e-8)
+        return {"mIoU": float(100.0 * iou.mean()), "pixAcc": float(100.0 * tp.sum() / total)}
+
+
+class DepthMeter(Meter):
+    """Pixel-pooled depth errors (MTLoRA/MTI-Net ``DepthMeter``; abs_rel and delta1 as InvPT)."""
+
+    kind = "depth"
+    metric_names = ("rmse", "log_rmse", "abs_rel", "delta1")
+
+    def _new_states(self) -> dict[str, Tensor]:
+        f64 = dict(dtype=torch.float64)
+        return {
+            "sum_sq": torch.zeros((), **f64),
+            "sum_log_sq": torch.zeros((), **f64),
+            "sum_abs_rel": torch.zeros((), **f64),
+            "n_delta1": torch.zeros((), dtype=torch.int64),
+            "n_valid": torch.zeros((), dtype=torch.int64),
+        }
+
+    def _update(self, pred: Tensor, target: Tensor) -> dict[str, Tensor]:
+        target = _single_channel(target, pred, f"task {self.task.name!r}")
+        g_all = target.double()
+        valid = (target != self.task.ignore_index) & (g_all > 0) & torch.isfinite(g_all)
+        g = g_all[valid]
+        p = pred.double()[valid].clamp(min=1e-9)
+        diff = g - p
+        log_diff = torch.log(g) - torch.log(p)
+        ratio = torch.maximum(p / g, g / p)
+        return {
+            "sum_sq": (diff * diff).sum(),
+            "sum_log_sq": (log_diff * log_diff).sum(),
+            "sum_abs_rel": (diff.abs() / g).sum(),
+            "n_delta1": (ratio < 1.25).sum(),
+            "n_valid": valid.sum(),
+        }
+
+    def _compute(self, states: dict[str, Tensor]) -> dict[str, float]:
+        n = int(states["n_valid"])
+        if n == 0:
+            return {k: math.nan for k in self.metric_names}
+        return {
+            "rmse": math.sqrt(float(states["sum_sq"]) / n),
+            "log_rmse": math.sqrt(float(states["sum_log_sq"]) / n),
+            "abs_rel": float(states["sum_abs_rel"]) / n,
+            "delta1": 100.0 * int(states["n_delta1"]) / n,
+        }
+
+
+class NormalsMeter(Meter):
+    """Angular errors of surface normals in degrees (MTLoRA ``NormalsMeterV1`` + MTI-Net extras)."""
+
+    kind = "normals"
+    metric_names = ("mean", "median", "rmse") + _NORMALS_KEYS
+
+    def _new_states(self) -> dict[str, Tensor]:
+        return {
+            "sum_angle": torch.zeros((), dtype=torch.float64),
+            "sum_angle_sq": torch.zeros((), dtype=torch.float64),
+            "n_below": torch.zeros(len(NORMALS_THRESHOLDS_DEG), dtype=torch.int64),
+            "n_valid": torch.zeros((), dtype=torch.int64),
+            "hist": torch.zeros(_NORMALS_BINS, dtype=torch.int64),
+        }
+
+    def _update(self, pred: Tensor, target: Tensor) -> dict[str, Tensor]:
+        if pred.shape[1] != 3 or target.shape != pred.shape:
+            raise ValueError(f"task {self.task.name!r}: prediction {tuple(pred.shape)} and target "
+                             f"{tuple(target.shape)} must both be [B, 3, H, W]")
+        valid = (target != self.task.ignore_index).all(dim=1)
+        unit = F.normalize(pred.double(), p=2, dim=1, eps=1e-12)
+        cos = (unit * target.double()).sum(dim=1)[valid].clamp(-1.0, 1.0)
+        angle = torch.rad2deg(torch.acos(cos))
+        bins = torch.floor(angle / NORMALS_MEDIAN_BIN_DEG).long().clamp(0, _NORMALS_BINS - 1)
+        limits = torch.tensor(NORMALS_THRESHOLDS_DEG, dtype=torch.float64, device=angle.device)
+        return {
+            "sum_angle": angle.sum(),
+            "sum_angle_sq": (angle * angle).sum(),
+            "n_below": (angle[:, None] < limits).sum(dim=0),
+            "n_valid": valid.sum(),
+            "hist": torch.bincount(bins, minlength=_NORMALS_BINS),
+        }
+
+    def _compute(self, states: dict[str, Tensor]) -> dict[str, float]:
+        n = int(states["n_valid"])
+        if n == 0:
+            return {k: math.nan for k in self.metric_names}
+        cum = states["hist"].cumsum(0)
+        # 1-based ranks of the middle pixels (equal for odd n); the median is the mean of their bin centres.
+        ranks = torch.tensor([(n + 1) // 2, n // 2 + 1], dtype=cum.dtype)
+        bins = torch.searchsorted(cum, ranks).double()
+        out = {
+            "mean": float(states["sum_angle"]) / n,
+            "median": float(((bins + 0.5) * NORMALS_MEDIAN_BIN_DEG).mean()),
+            "rmse": math.sqrt(float(states["sum_angle_sq"]) / n),
+        }
+        for key, count in zip(_NORMALS_KEYS, states["n_below"].tolist()):
+            out[key] = 100.0 * count / n
+        return out
+
+
+class SaliencyMeter(Meter):
+    """Saliency: MTLoRA's threshold-max image-mean IoU and the pixel-pooled maxF (β² = 0.3)."""
+
+    kind = "saliency"
+    metric_names = ("mIoU", "maxF")
+
+    def _new_states(self) -> dict[str, Tensor]:
+        t_iou, t_f = len(SALIENCY_IOU_THRESHOLDS), len(SALIENCY_F_THRESHOLDS)
+        return {
+            "iou_sum": torch.zeros(t_iou, dtype=torch.float64),
+            "n_images": torch.zeros((), dtype=torch.int64),
+            "tp": torch.zeros(t_f, dtype=torch.int64),
+            "pred_pos": torch.zeros(t_f, dtype=torch.int64),
+            "gt_pos": torch.zeros((), dtype=torch.int64),
+        }
+
+    def _update(self, pred: Tensor, target: Tensor) -> dict[str, Tensor]:
+        target = _single_channel(target, pred, f"task {self.task.name!r}")
+        batch = pred.shape[0]
+        prob = torch.sigmoid(pred.double()).reshape(batch, -1)
+        target = target.reshape(batch, -1)
+        valid = target != self.task.ignore_index
+        pos = valid & (target >= 0.5)
+        device = prob.device
+
+        # Per-image IoU at every threshold (p > t): bucket each pixel by how many thresholds it exceeds.
+        t_iou = torch.tensor(SALIENCY_IOU_THRESHOLDS, dtype=torch.float64, device=device)
+        n_t = t_iou.numel()
+        k = torch.bucketize(prob, t_iou, right=False)  # #{t < p}
+        idx = torch.arange(batch, device=device)[:, None] * (n_t + 1) + k
+        per_image = torch.bincount(idx[valid], minlength=batch * (n_t + 1)).reshape(batch, n_t + 1)
+        per_image_pos = torch.bincount(idx[pos], minlength=batch * (n_t + 1)).reshape(batch, n_t + 1)
+        predicted = per_image.flip(1).cumsum(1).flip(1)[:, 1:]  # [B, T]: #{p > t_j}
+        inter = per_image_pos.flip(1).cumsum(1).flip(1)[:, 1:]
+        union = per_image_pos.sum(1, keepdim=True) + predicted - inter
+        iou = torch.where(union > 0, inter.double() / union.clamp(min=1).double(),
+                          torch.ones((), dtype=torch.float64, device=device))
+        has_pixels = per_image.sum(1) > 0
+
+        # Pixel-pooled counts for maxF (p >= t).
+        t_f = torch.tensor(SALIENCY_F_THRESHOLDS, dtype=torch.float64, device=device)
+        k_valid = torch.bucketize(prob[valid], t_f, right=True)  # #{t <= p}
+        k_pos = torch.bucketize(prob[pos], t_f, right=True)
+        return {
+            "iou_sum": iou[has_pixels].sum(0),
+            "n_images": has_pixels.sum(),
+            "tp": _counts_above(k_pos, t_f.numel()),
+            "pred_pos": _counts_above(k_valid, t_f.numel()),
+            "gt_pos": pos.sum(),
+        }
+
+    def _compute(self, states: dict[str, Tensor]) -> dict[str, float]:
+        n_images = int(states["n_images"])
+        miou = 100.0 * float((states["iou_sum"] / n_images).max()) if n_images else math.nan
+        tp = states["tp"].double()
+        if n_images == 0:
+            max_f = math.nan
+        else:
+            precision = tp / states["pred_pos"].double()
+            recall = tp / states["gt_pos"].double()
+            b2 = SALIENCY_BETA_SQUARED
+            f = (1 + b2) * precision * recall / (b2 * precision + recall)
+            max_f = 100.0 * float(torch.nan_to_num(f, nan=0.0).max())
+        return {"mIoU": miou, "maxF": max_f}
+
+
+class EdgeMeter(Meter):
+    """Tolerance F-measure of edges, ``F_tol`` (not SEISM's odsF; see the module docstring)."""
+
+    kind = "edge"
+    metric_names = ("F_tol",)
+    extra_names = ("odsF",)
+
+    def __init__(self, task: TaskSpec) -> None:
+        if "max_dist" not in task.options:
+            raise ValueError(f"edge task {task.name!r} needs options['max_dist'] (the match tolerance as a "
+                             "fraction of the image diagonal, e.g. 0.0075 for PASCAL)")
+        self.max_dist = float(task.options["max_dist"])
+        if not self.max_dist >= 0:
+            raise ValueError(f"edge task {task.name!r}: options['max_dist'] must be >= 0, got {self.max_dist!r}")
+        super().__init__(task)
+
+    def _new_states(self) -> dict[str, Tensor]:
+        n_t = len(EDGE_THRESHOLDS)
+        return {
+            "pred_pos": torch.zeros(n_t, dtype=torch.int64),
+            "pred_match": torch.zeros(n_t, dtype=torch.int64),
+            "gt_match": torch.zeros(n_t, dtype=torch.int64),
+            "gt_pos": torch.zeros((), dtype=torch.int64),
+            "n_valid": torch.zeros((), dtype=torch.int64),
+        }
+
+    def radius(self, height: int, width: int) -> float:
+        """The match tolerance in pixels for an image of ``height`` × ``width``."""
+        return self.max_dist * math.hypot(height, width)
+
+    def _update(self, pred: Tensor, target: Tensor) -> dict[str, Tensor]:
+        target = _single_channel(target, pred, f"task {self.task.name!r}")
+        prob = torch.sigmoid(pred.double())
+        valid = target != self.task.ignore_index
+        gt = valid & (target >= 0.5)
+        r = self.radius(pred.shape[-2], pred.shape[-1])
+        near_gt = _disk_max(gt.double(), r) > 0.5
+        # Highest probability of a (valid) pixel within r: a GT pixel is matched at t iff it is >= t.
+        best_near = _disk_max(torch.where(valid, prob, torch.full_like(prob, -1.0)), r)
+        thr = torch.tensor(EDGE_THRESHOLDS, dtype=torch.float64, device=prob.device)
+        n_t = thr.numel()
+        return {
+            "pred_pos": _counts_above(torch.bucketize(prob[valid], thr, right=True), n_t),
+            "pred_match": _counts_above(torch.bucketize(prob[valid & near_gt], thr, right=True), n_t),
+            "gt_match": _counts_above(torch.bucketize(best_near[gt], thr, right=True), n_t),
+            "gt_pos": gt.sum(),
+            "n_valid": valid.sum(),
+        }
+
+    def _compute(self, states: dict[str, Tensor]) -> dict[str, float]:
+        if any(m.name == "odsF" for m in self.task.metrics):
+            raise NotImplementedError("odsF needs the pyedgeeval backend (planned)")
+        if int(states["n_valid"]) == 0:
+            return {"F_tol": math.nan}
+        precision = states["pred_match"].double() / states["pred_pos"].double()
+        recall = states["gt_match"].double() / states["gt_pos"].double()
+        f = 2 * precision * recall / (precision + recall)
+        return {"F_tol": 100.0 * float(torch.nan_to_num(f, nan=0.0).max())}
+
+
+_METERS: dict[str, type[Meter]] = {
+    "segmentation": SegmentationMeter,
+    "depth": DepthMeter,
+    "normals": NormalsMeter,
+    "saliency": SaliencyMeter,
+    "edge": EdgeMeter,
+}
+
+
+def build_meter(task: TaskSpec) -> Meter:
+    """The meter for ``task.kind``.
+
+    Raises:
+        ValueError: the task asks for a metric its meter does not compute, or (edge) has no
+            ``options["max_dist"]``.
+    """
+    try:
+        cls = _METERS[task.kind]
+    except KeyError:
+        raise ValueError(f"task {task.name!r}: no meter for kind {task.kind!r}") from None
+    return cls(task)

@@ -1,0 +1,159 @@
+"""Result records: one immutable JSON per run, written atomically, loaded into pandas.
+
+Layout: ``<out>/<dataset>/<method>/<run_id>.json``. The record is self-describing (task metric
+directions and the primary metric travel with it), so reading and comparing results never needs
+torch or the plugins. This module must not import torch.
+
+Schema (``schema_version`` 1), top-level keys:
+
+- ``run_id``, ``status`` (``completed``), ``created`` (UTC ISO time), ``wall_time_s``;
+- ``method``, ``dataset``, ``dataset_version``, ``tasks``, ``seed``, ``preset``, ``tag``;
+- ``config``: the resolved run configuration; ``method_config``, ``data_config``: the plugins'
+  resolved options; ``config_hash``: hash of all of these except output paths;
+  ``recipe_key``: hash of what a single-task baseline must share with the run (dataset, backbone,
+  weights, image size, schedule) for Δm;
+- ``task_specs``: ``{task: {"primary": name, "metrics": {name: {"higher_is_better", "unit"}}}}``;
+- ``metrics``: ``{task: {metric: value}}`` of the final evaluation;
+- ``delta_m``: ``{"value": float | null, "baseline": {"source": "suite" | "reference" | null, ...}}``;
+- ``params``: ``{"groups": {group: {"trainable", "total"}}, "summary": {...}, "optimizer": n}``;
+- ``efficiency``: peak memory (MB, and how measured), train and inference images/s;
+- ``weights``: where the backbone weights came from; ``method_info``: the method's own facts;
+- ``history``: per-epoch training loss, LR and (when evaluated) validation metrics;
+- ``environment``: git commit and dirty flag, package versions, device, platform.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+SCHEMA_VERSION = 1
+
+
+def write_json_atomic(path: Path, data: Mapping[str, Any]) -> Path:
+    """Write ``data`` as JSON to ``path`` via a temporary file in the same folder and a rename, so a
+    reader never sees a half-written file and a crash leaves the old file (or none)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(data, handle, indent=2, sort_keys=False, default=_json_default, allow_nan=False)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (set, tuple)):
+        return list(value)
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"cannot store {type(value).__name__} in a result file")
+
+
+def sanitize(value: Any) -> Any:
+    """Replace NaN/inf by None recursively (JSON has no NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {k: sanitize(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [sanitize(v) for v in value]
+    return value
+
+
+def result_path(out: Path, record: Mapping[str, Any]) -> Path:
+    return Path(out) / record["dataset"] / record["method"] / f"{record['run_id']}.json"
+
+
+def write_record(out: Path, record: Mapping[str, Any]) -> Path:
+    """Write a run record under ``out``; refuses to overwrite an existing record (records are immutable)."""
+    path = result_path(out, record)
+    if path.exists():
+        raise FileExistsError(f"result {path} exists already; run ids are unique, so this is a bug")
+    return write_json_atomic(path, sanitize(dict(record)))
+
+
+def iter_record_files(root: Path) -> Iterable[Path]:
+    root = Path(root)
+    if root.is_file():
+        yield root
+        return
+    for path in sorted(root.rglob("*.json")):
+        if path.name.startswith("."):
+            continue
+        yield path
+
+
+def read_records(root: Path) -> list[dict[str, Any]]:
+    """Every run record under ``root`` (files that are not run records are skipped)."""
+    records = []
+    for path in iter_record_files(root):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            continue
+        if isinstance(data, dict) and "schema_version" in data and "run_id" in data:
+            data["_path"] = str(path)
+            records.append(data)
+    return records
+
+
+def flatten_record(record: Mapping[str, Any]) -> dict[str, Any]:
+    """One flat row: identity columns, ``metric.<task>.<name>``, ``params.<key>``, efficiency."""
+    row: dict[str, Any] = {
+        "run_id": record.get("run_id"),
+        "method": record.get("method"),
+        "dataset": record.get("dataset"),
+        "tasks": ",".join(record.get("tasks", [])),
+        "n_tasks": len(record.get("tasks", [])),
+        "seed": record.get("seed"),
+        "preset": record.get("preset"),
+        "tag": record.get("tag", ""),
+        "status": record.get("status"),
+        "created": record.get("created"),
+        "config_hash": record.get("config_hash"),
+        "recipe_key": record.get("recipe_key"),
+        "wall_time_s": record.get("wall_time_s"),
+        "weights": (record.get("weights") or {}).get("source"),
+        "delta_m": (record.get("delta_m") or {}).get("value"),
+        "delta_m_baseline": ((record.get("delta_m") or {}).get("baseline") or {}).get("source"),
+        "path": record.get("_path"),
+    }
+    for task, values in (record.get("metrics") or {}).items():
+        for name, value in values.items():
+            row[f"metric.{task}.{name}"] = value
+    for key, value in ((record.get("params") or {}).get("summary") or {}).items():
+        row[f"params.{key}"] = value
+    for key, value in (record.get("efficiency") or {}).items():
+        if not isinstance(value, (dict, list)):
+            row[f"efficiency.{key}"] = value
+    for key, value in (record.get("method_info") or {}).items():
+        if not isinstance(value, (dict, list)):
+            row[f"method_info.{key}"] = value
+    return row
+
+
+def load_results(path: str | os.PathLike = "results"):
+    """Load every run record under ``path`` into a ``pandas.DataFrame`` (one row per run, flat columns).
+
+    Columns: ``run_id, method, dataset, tasks, seed, preset, ...``, ``metric.<task>.<metric>``,
+    ``params.<summary key>``, ``efficiency.<key>``, ``delta_m``.
+    """
+    import pandas as pd
+
+    rows = [flatten_record(r) for r in read_records(Path(path))]
+    return pd.DataFrame(rows)

@@ -1,0 +1,49 @@
+"""Shared fixtures: offline hub, a private cache for generated data, the micro Swin, the example plugin."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+
+REPO = Path(__file__).resolve().parent.parent
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub on test machines; fail fast instead of retrying
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("mtbench-cache")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch, cache_dir):
+    monkeypatch.setenv("MTBENCH_CACHE", str(cache_dir))
+    monkeypatch.delenv("MTBENCH_DATA", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def load_example_plugin():
+    """Import examples/task_proj.py (the README's plugin example) once; it registers `task_proj`."""
+    name = "mtbench_example_task_proj"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "examples" / "task_proj.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@pytest.fixture(scope="session")
+def example_plugin():
+    return load_example_plugin()
+
+
+def micro_backbone(img_size=(64, 64), weights="none", drop_path=0.0):
+    from mtpeft_bench.backbone import create_backbone
+
+    backbone, _ = create_backbone("swin_micro", img_size, weights, drop_path)
+    return backbone

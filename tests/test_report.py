@@ -1,0 +1,119 @@
+"""Leaderboards and Δm baselines from result records (torch-free code)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from mtpeft_bench.baselines import compute_delta
+from mtpeft_bench.report import leaderboard, render
+from mtpeft_bench.results import load_results, read_records, write_json_atomic, write_record
+
+
+SPECS = {
+    "semseg": {"primary": "mIoU", "metrics": {"mIoU": {"higher_is_better": True, "unit": "%"}}},
+    "depth": {"primary": "rmse", "metrics": {"rmse": {"higher_is_better": False, "unit": "m"}}},
+}
+
+
+def record(method, tasks, metrics, seed=0, recipe="R1", run_id=None, dataset="synth", **extra):
+    return {
+        "schema_version": 1, "run_id": run_id or f"{method}-{'-'.join(tasks)}-{seed}", "status": "completed",
+        "method": method, "dataset": dataset, "tasks": list(tasks), "seed": seed, "preset": "smoke", "tag": "",
+        "recipe_key": recipe, "config": {"backbone": "swin_micro", "image_size": [64, 64]},
+        "task_specs": {t: SPECS[t] for t in tasks},
+        "metrics": {t: {SPECS[t]["primary"]: v} for t, v in zip(tasks, metrics)},
+        "params": {"summary": {"total_trainable": 1_500_000}},
+        "efficiency": {"peak_memory_mb": 500.0, "train_images_per_s": 100.0, "inference_images_per_s": 300.0},
+        **extra,
+    }
+
+
+def test_delta_against_suite_baselines():
+    st = [record("full", ["semseg"], [50.0]), record("full", ["depth"], [0.5]),
+          record("full", ["depth"], [0.7], seed=1)]  # two seeds: baseline 0.6
+    mt = record("lora", ["semseg", "depth"], [55.0, 0.54])
+    delta = compute_delta(mt, [*st, mt])
+    # semseg +10 %, depth (lower is better) (0.6-0.54)/0.6 = +10 % → Δm = +10
+    assert delta["value"] == pytest.approx(10.0)
+    assert delta["baseline"]["source"] == "suite"
+    assert delta["baseline"]["values"] == {"semseg": 50.0, "depth": pytest.approx(0.6)}
+
+
+def test_baselines_need_the_same_recipe():
+    st = [record("full", ["semseg"], [50.0], recipe="OTHER"), record("full", ["depth"], [0.5])]
+    mt = record("lora", ["semseg", "depth"], [55.0, 0.54])
+    delta = compute_delta(mt, [*st, mt])
+    assert delta["value"] is None
+    assert "semseg" in delta["baseline"]["reason"]
+
+
+def test_reference_baselines_apply_only_to_their_protocol():
+    pascal = {"backbone": "swin_tiny_patch4_window7_224", "image_size": [448, 448]}
+    rec = record("mtlora", ["semseg", "depth"], [1, 1], dataset="pascal_mt")
+    rec["task_specs"] = {
+        "semseg": SPECS["semseg"], "depth": SPECS["depth"]}
+    # pascal_mt's reference has no depth: no baseline
+    rec["config"] = pascal
+    assert compute_delta(rec, [rec])["value"] is None
+
+
+def test_leaderboard_aggregates_seeds_and_renders():
+    runs = [record("full", ["semseg"], [50.0]), record("full", ["depth"], [0.5]),
+            record("lora", ["semseg", "depth"], [55.0, 0.45], seed=0),
+            record("lora", ["semseg", "depth"], [45.0, 0.55], seed=1)]
+    rows = leaderboard(runs)
+    lora = next(r for r in rows if r["method"] == "lora")
+    assert lora["n"] == 2 and lora["seeds"] == [0, 1]
+    text = render(rows, "md")
+    assert "50.00 ± 7.07" in text  # mean ± sample std of 55 and 45
+    assert "semseg mIoU ↑" in text and "depth rmse ↓ (m)" in text
+    # Δm per seed: (+10 + 10)/2 = 10 and (-10 - 10)/2 = -10 → 0.00 ± 14.14
+    assert "0.00 ± 14.14" in text
+    csv_text = render(rows, "csv")
+    assert csv_text.splitlines()[0].startswith("method,tasks,preset,seeds")
+    assert "\\toprule" in render(rows, "latex")
+
+
+def test_atomic_write_and_load(tmp_path):
+    rec = record("full", ["semseg"], [50.0])
+    path = write_record(tmp_path, rec)
+    assert path == tmp_path / "synth" / "full" / f"{rec['run_id']}.json"
+    with pytest.raises(FileExistsError):
+        write_record(tmp_path, rec)
+    (tmp_path / "notes.json").write_text("[1, 2]")  # not a record: skipped
+    (tmp_path / "broken.json").write_text("{")
+    assert [r["run_id"] for r in read_records(tmp_path)] == [rec["run_id"]]
+    assert not list(tmp_path.rglob("*.tmp"))
+    frame = load_results(tmp_path)
+    assert frame.loc[0, "metric.semseg.mIoU"] == 50.0
+    assert frame.loc[0, "params.total_trainable"] == 1_500_000
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path):
+    path = tmp_path / "r.json"
+    write_json_atomic(path, {"a": 1})
+    with pytest.raises(TypeError):
+        write_json_atomic(path, {"a": object()})
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_compare_does_not_import_torch(tmp_path):
+    write_record(tmp_path, record("full", ["semseg"], [50.0]))
+    code = textwrap.dedent(f"""
+        import sys
+        from mtpeft_bench.cli import main
+        try:
+            main(["compare", "--results", {str(tmp_path)!r}])
+        except SystemExit as exc:
+            assert exc.code == 0, exc.code
+        assert "torch" not in sys.modules
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "| full" in result.stdout
