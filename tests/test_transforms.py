@@ -112,10 +112,24 @@ def test_resized_normals_are_unit_or_exactly_zero_then_ignored():
 def test_resize_normals_treats_ignored_vectors_as_zero():
     n = _unit(torch.ones(3, 4, 4))
     n[:, :, :2] = 255.0
-    out = resize_target(n, (4, 8), "normals")
+    # linear: output column x samples source x/2 - 0.25; columns 0..2 only see the invalid columns 0, 1
+    out = resize_target(n, (4, 8), "normals", normals="linear")
     assert not (out == 255).any()
     assert (out[:, :, :3].norm(dim=0) == 0).all()
-    torch.testing.assert_close(out[:, :, 5:].norm(dim=0), torch.ones(4, 3))
+    torch.testing.assert_close(out[:, :, 3:].norm(dim=0), torch.ones(4, 5))
+    # cubic (the reference): four taps, so only column 0 (taps -2..1, clamped to 0..1) stays invalid
+    out = resize_target(n, (4, 8), "normals")
+    assert not (out == 255).any()
+    assert (out[:, :, 0].norm(dim=0) == 0).all()
+    torch.testing.assert_close(out[:, :, 1:].norm(dim=0), torch.ones(4, 7), rtol=0, atol=1e-6)
+
+
+def test_resize_nearest_follows_opencv_by_default():
+    # OpenCV INTER_NEAREST takes source floor(x * 4 / 3) for 3 output columns: 0, 1, 2;
+    # nearest-to-centre takes floor((x + 0.5) * 4 / 3): 0, 2, 3
+    t = torch.tensor([[10, 11, 12, 13]])
+    assert resize_target(t, (1, 3), "nearest").tolist() == [[10, 11, 12]]
+    assert resize_target(t, (1, 3), "nearest", nearest="centre").tolist() == [[10, 12, 13]]
 
 
 def test_resize_image_is_bicubic_and_clamped():
