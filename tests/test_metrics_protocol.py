@@ -171,14 +171,16 @@ def _edge_case(shift: int, size: int = 100):
     return torch.from_numpy(pred)[None, None], torch.from_numpy(gt)[None, None]
 
 
-@pytest.mark.parametrize("shift, expected", [(0, 100.0), (1, 100.0), (3, 0.0)])
-def test_odsf_perfect_shifted_and_out_of_tolerance(shift, expected):
-    # tolerance 0.0075 x diagonal(100 x 100) = 1.06 px: a 1-px shift matches, a 3-px shift does not
+@pytest.mark.parametrize("shift, lowest, highest", [(0, 98.0, 100.0), (1, 95.0, 100.0), (3, 0.0, 0.0)])
+def test_odsf_perfect_shifted_and_out_of_tolerance(shift, lowest, highest):
+    # tolerance 0.0075 x diagonal(100 x 100) = 1.06 px: a 1-px shift matches, a 3-px shift does not.
+    # BSDS correspondPixels adds random (clock-seeded) outlier edges, so an occasional pixel of an
+    # exact match goes unmatched: 60 of 60 GT pixels usually, 59 sometimes.
     meter = build_meter(edge_task_with_approximation(0.0075))
     pred, gt = _edge_case(shift)
     meter.update(pred, gt)
     out = meter.compute()
-    assert out["odsF"] == pytest.approx(expected)
+    assert lowest <= out["odsF"] <= highest
     if shift == 3:
         assert out["F_tol"] == 0.0
 
