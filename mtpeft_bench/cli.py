@@ -193,7 +193,7 @@ def ls(what):
 
 @cli.group()
 def data():
-    """Inspect datasets."""
+    """Get, check and inspect datasets."""
 
 
 @data.command("show")
@@ -229,6 +229,11 @@ def data_show(dataset, out, count, split, tasks, data_root, sets):
     root = plugin.resolve_root(Path(root_value).expanduser() if root_value else None)
     path = draw_samples(plugin, specs, root, count, Path(out), split=split)
     click.echo(f"wrote {path}")
+
+
+from mtpeft_bench import cli_data  # noqa: E402  (prepare / verify of the real datasets)
+
+cli_data.register(data)
 
 
 def _one_line(text: str) -> str:

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from mtpeft_bench.losses import compute_losses
 from mtpeft_bench.measure import Throughput, peak_memory_mb, reset_peak_memory
-from mtpeft_bench.metrics import build_meter
+from mtpeft_bench.metrics import build_meter, resize_prediction
 
 
 class TrainingDiverged(RuntimeError):
@@ -212,10 +212,13 @@ def evaluate(model: nn.Module, loader: Iterable, task_specs: Sequence[Any], devi
     """Run the model over ``loader`` and return ``{task: {metric: value}}`` and the inference timing.
 
     The meters stream (no prediction is kept); ``reduce(meter)`` (e.g. a DDP all-reduce) runs on
-    every meter before ``compute()``.
+    every meter before ``compute()``. A prediction whose size differs from its target's (a dataset
+    that evaluates at the original image size) is resized to the target by
+    :func:`~mtpeft_bench.metrics.resize_prediction` first.
     """
     model.eval()
     meters = {s.name: build_meter(s) for s in task_specs}
+    kinds = {s.name: s.kind for s in task_specs}
     tasks = list(meters)
     timing = Throughput(device, warmup=2)
     n_batches = len(loader) if hasattr(loader, "__len__") else None
@@ -231,7 +234,10 @@ def evaluate(model: nn.Module, loader: Iterable, task_specs: Sequence[Any], devi
             with _autocast(device, amp, amp_dtype):
                 outputs = model(images)
         for t in tasks:
-            meters[t].update(outputs[t].float(), targets[t])
+            pred = outputs[t].float()
+            if pred.shape[-2:] != targets[t].shape[-2:]:
+                pred = resize_prediction(pred, tuple(targets[t].shape[-2:]), kinds[t])
+            meters[t].update(pred, targets[t])
     bar.close()
     results = {}
     for t, meter in meters.items():

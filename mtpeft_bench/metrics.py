@@ -41,32 +41,47 @@ normals — ``NormalsMeterV1`` with proper extras
     one; MTLoRA's V1 ``rmse`` equals the mean by a bug), ``11.25`` / ``22.5`` / ``30`` = % of valid pixels
     with an angle strictly below that.
 saliency — ``SaliencyMeterWithNoBeta`` (mIoU) and the InvPT/ATRC ``SaliencyMeter`` (maxF)
-    p = sigmoid(logit), once. ``mIoU``: for each t in linspace(0.2, 0.9, 15), per image
+    p = sigmoid(logit), once (``options["double_sigmoid"]`` reproduces the reference's second
+    sigmoid for maxF, PROTOCOL.md 8 item 2). ``mIoU``: for each t in linspace(0.2, 0.9, 15), per image
     IoU(GT, p > t) over the valid pixels (:= 1 when both are empty), averaged over images (images
     without a valid pixel are skipped); the max over t of those means. ``maxF``: for t in
     0.05, 0.10, ..., 0.95, pixel-pooled over the dataset TP / predicted (p ≥ t) / actual counts,
     F_β = (1 + β²)PR / (β²P + R) with β² = 0.3 (0 where undefined), max over t. This is the
     InvPT/ATRC number WITHOUT their double-sigmoid bug. GT positive = target ≥ 0.5.
-edge — a tolerance F-measure, ``F_tol``
-    p = sigmoid(logit); for the 99 thresholds t = 0.01, 0.02, ..., 0.99 a pixel is a predicted edge
-    when p ≥ t. Pooled over the dataset: precision = #predicted edge pixels within Euclidean
-    distance r of a GT edge pixel / #predicted, recall = #GT edge pixels within r of a predicted edge
-    pixel / #GT, F = 2PR / (P + R) (0 where undefined), reported as the max over t (ODS-style).
-    r = ``task.options["max_dist"]`` × the image diagonal in pixels (0.0075 for PASCAL, 0.011 for
-    NYUD), implemented as a max filter over a disk of radius r. THIS IS NOT SEISM'S odsF: there is no
-    one-to-one (bipartite) matching of pixels and no thinning of the predictions, so a thick
-    predicted edge is not penalised and F_tol is typically higher than odsF. Ignored pixels neither
-    predict nor need to be matched. A task whose metrics ask for ``odsF`` (real datasets) gets a
-    meter that accumulates normally but whose :meth:`compute` raises ``NotImplementedError`` until
-    the pyEdgeEval backend exists.
+edge — ``odsF`` (SEISM-equivalent boundary matching) and ``F_tol`` (a labelled approximation)
+    p = sigmoid(logit). ``odsF`` follows MTI-Net's SEISM evaluation (evaluation/eval_edge.py,
+    read_one_png.m; jponttuset/seism edgesEvalImg.m, gather_measure.m, general_ods.m): for each
+    threshold t of ``options["thresholds"]`` (default 99: 0.01, ..., 0.99) the map p ≥ t is thinned
+    (MATLAB ``bwmorph(·, 'thin', Inf)``, here scikit-image's ``thin``, the same algorithm), the GT
+    edge map is thinned too, and the two are matched one-to-one within ``max_dist`` × the image
+    diagonal by the BSDS ``correspondPixels`` (pyEdgeEval's Cython port); per image and threshold the
+    counts matched-GT / GT / matched-predicted / predicted are summed over the dataset (these sums
+    are the meter's states, so it streams and all-reduces), recall and precision come from the sums,
+    F = 2PR / (P + R), and ``odsF`` is the max over thresholds (no interpolation between
+    thresholds, as SEISM; pyEdgeEval's own ODS interpolates). Ignored GT pixels never predict.
+    Without pyEdgeEval or scikit-image (``pip install 'mtpeft-bench[edge]'``) ``odsF`` is NaN and a
+    warning says why. The matching is slow (seconds per image and threshold at 448 px for noisy
+    maps): ``MTBENCH_EDGE_WORKERS=N`` spreads it over N processes.
+    ``F_tol`` (always reported): for the 99 thresholds t = 0.01, ..., 0.99, pooled over the dataset,
+    precision = #predicted edge pixels within Euclidean distance r of a GT edge pixel / #predicted,
+    recall = #GT edge pixels within r of a predicted edge pixel / #GT, F = 2PR / (P + R) (0 where
+    undefined), max over t; r = ``task.options["max_dist"]`` × the image diagonal (0.0075 PASCAL,
+    0.011 NYUD), a max filter over a disk of radius r. AN APPROXIMATION OF odsF: no one-to-one
+    matching and no thinning, so a thick predicted edge is not penalised and F_tol is typically
+    higher than odsF.
+
+Predictions at another resolution than the targets (evaluation at the original image size,
+PROTOCOL.md 2 "MTI-Net") are brought to the target's size first by :func:`resize_prediction`.
 
 Δm: :func:`delta_m` and :func:`per_task_delta` are re-exported from :mod:`mtpeft_bench.delta`.
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from typing import ClassVar
+import os
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -74,6 +89,8 @@ from torch import Tensor
 
 from mtpeft_bench.delta import delta_m, per_task_delta
 from mtpeft_bench.tasks.base import TaskSpec
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "DepthMeter",
@@ -85,6 +102,7 @@ __all__ = [
     "build_meter",
     "delta_m",
     "per_task_delta",
+    "resize_prediction",
 ]
 
 #: Width of a bin of the normals angle histogram the median is read from, in degrees.
@@ -442,9 +460,10 @@ class SaliencyMeter(Meter):
         has_pixels = per_image.sum(1) > 0
 
         # Pixel-pooled counts for maxF (p >= t).
+        prob_f = torch.sigmoid(prob) if self.task.options.get("double_sigmoid") else prob
         t_f = torch.tensor(SALIENCY_F_THRESHOLDS, dtype=torch.float64, device=device)
-        k_valid = torch.bucketize(prob[valid], t_f, right=True)  # #{t <= p}
-        k_pos = torch.bucketize(prob[pos], t_f, right=True)
+        k_valid = torch.bucketize(prob_f[valid], t_f, right=True)  # #{t <= p}
+        k_pos = torch.bucketize(prob_f[pos], t_f, right=True)
         return {
             "iou_sum": iou[has_pixels].sum(0),
             "n_images": has_pixels.sum(),
@@ -468,12 +487,92 @@ class SaliencyMeter(Meter):
         return {"mIoU": miou, "maxF": max_f}
 
 
+def edge_thresholds(count: int = 99) -> tuple[float, ...]:
+    """``count`` evenly spaced thresholds in (0, 1): 1/(count+1), ..., count/(count+1) (99 → 0.01 ... 0.99)."""
+    return tuple(round((i + 1) / (count + 1), 10) for i in range(count))
+
+
+def edge_backend() -> str | None:
+    """None when odsF can be computed, else why not (one line)."""
+    try:
+        from pyEdgeEval._lib import correspond_pixels  # noqa: F401
+        from skimage.morphology import thin  # noqa: F401
+    except ImportError as exc:
+        return (f"odsF is not computed: {exc.name or exc} is not installed (pip install 'mtpeft-bench[edge]' "
+                "brings pyEdgeEval and scikit-image); F_tol is a tolerance-based approximation, not odsF")
+    return None
+
+
+def boundary_counts(prob, gt, max_dist: float, thresholds) -> "Any":
+    """SEISM/BSDS boundary counts of one image (numpy in, numpy out).
+
+    Args:
+        prob: float64[H, W] edge probability (ignored pixels set to 0).
+        gt: bool[H, W] ground-truth edges (thinned here, as SEISM's edgesEvalImg thins its GT).
+        max_dist: match tolerance as a fraction of the image diagonal.
+        thresholds: ascending thresholds; a pixel is an edge at t when prob >= t.
+
+    Returns:
+        int64[4, T]: matched GT pixels, GT pixels, matched predicted pixels, predicted pixels.
+    """
+    import numpy as np
+    from pyEdgeEval._lib import correspond_pixels
+    from skimage.morphology import thin
+
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    out = np.zeros((4, thresholds.size), dtype=np.int64)
+    gt = thin(np.asarray(gt, dtype=bool))
+    n_gt = int(gt.sum())
+    # k = number of thresholds <= p: the map at threshold j is k > j, so thresholds with no pixel
+    # in [t_j, t_j+1) give the same map as the one before and reuse its counts.
+    k = np.searchsorted(thresholds, prob, side="right")
+    present = np.bincount(k.reshape(-1), minlength=thresholds.size + 1)
+    previous = None
+    for j in range(thresholds.size):
+        if previous is not None and present[j] == 0:
+            out[:, j] = previous
+            continue
+        edges = thin(k > j)
+        n_pred = int(edges.sum())
+        if n_gt == 0 or n_pred == 0:
+            counts = (0, n_gt, 0, n_pred)
+        else:
+            match_pred, match_gt, _, _ = correspond_pixels(edges.astype(np.float64), gt.astype(np.float64),
+                                                           max_dist=max_dist)
+            counts = (int((match_gt > 0).sum()), n_gt, int((match_pred > 0).sum()), n_pred)
+        out[:, j] = counts
+        previous = out[:, j].copy()
+    return out
+
+
+def _boundary_counts_job(args: tuple) -> "Any":
+    return boundary_counts(*args)
+
+
+def ods_from_counts(counts: Tensor) -> float:
+    """SEISM's ODS F (%) from dataset-summed counts int64[4, T] (gather_measure.m, general_ods.m)."""
+    cnt_r, sum_r, cnt_p, sum_p = (c.double() for c in counts)
+    rec = torch.zeros_like(cnt_r)
+    prec = torch.zeros_like(cnt_r)
+    normal = (sum_p != 0) & (cnt_r != 0)
+    rec[normal] = cnt_r[normal] / sum_r[normal]
+    prec[normal] = cnt_p[normal] / sum_p[normal]
+    no_gt = (sum_r == 0) & (cnt_p == 0)  # nothing to find: recall 1, precision 0
+    rec[no_gt], prec[no_gt] = 1.0, 0.0
+    no_pred = (sum_p == 0) & (cnt_r == 0)  # nothing predicted: recall 0, precision 1
+    rec[no_pred], prec[no_pred] = 0.0, 1.0
+    total = prec + rec
+    f = torch.where(total > 0, 2 * prec * rec / total.clamp(min=1e-300), torch.zeros_like(total))
+    return 100.0 * float(f.max())
+
+
 class EdgeMeter(Meter):
-    """Tolerance F-measure of edges, ``F_tol`` (not SEISM's odsF; see the module docstring)."""
+    """Edges: SEISM-style ``odsF`` when the task asks for it, and the approximation ``F_tol``."""
 
     kind = "edge"
     metric_names = ("F_tol",)
     extra_names = ("odsF",)
+    _warned: ClassVar[set[str]] = set()
 
     def __init__(self, task: TaskSpec) -> None:
         if "max_dist" not in task.options:
@@ -482,17 +581,25 @@ class EdgeMeter(Meter):
         self.max_dist = float(task.options["max_dist"])
         if not self.max_dist >= 0:
             raise ValueError(f"edge task {task.name!r}: options['max_dist'] must be >= 0, got {self.max_dist!r}")
+        self.wants_ods = any(m.name == "odsF" for m in task.metrics)
+        self.thresholds = edge_thresholds(int(task.options.get("thresholds", 99)))
+        self.backend_problem = edge_backend() if self.wants_ods else None
+        self._pending: list[Any] = []
+        self._pool: Any = None
         super().__init__(task)
 
     def _new_states(self) -> dict[str, Tensor]:
         n_t = len(EDGE_THRESHOLDS)
-        return {
+        states = {
             "pred_pos": torch.zeros(n_t, dtype=torch.int64),
             "pred_match": torch.zeros(n_t, dtype=torch.int64),
             "gt_match": torch.zeros(n_t, dtype=torch.int64),
             "gt_pos": torch.zeros((), dtype=torch.int64),
             "n_valid": torch.zeros((), dtype=torch.int64),
         }
+        if self.wants_ods:
+            states["ods_counts"] = torch.zeros(4, len(self.thresholds), dtype=torch.int64)
+        return states
 
     def radius(self, height: int, width: int) -> float:
         """The match tolerance in pixels for an image of ``height`` × ``width``."""
@@ -503,6 +610,8 @@ class EdgeMeter(Meter):
         prob = torch.sigmoid(pred.double())
         valid = target != self.task.ignore_index
         gt = valid & (target >= 0.5)
+        if self.wants_ods and self.backend_problem is None:
+            self._submit(torch.where(valid, prob, torch.zeros_like(prob)), gt)
         r = self.radius(pred.shape[-2], pred.shape[-1])
         near_gt = _disk_max(gt.double(), r) > 0.5
         # Highest probability of a (valid) pixel within r: a GT pixel is matched at t iff it is >= t.
@@ -517,15 +626,100 @@ class EdgeMeter(Meter):
             "n_valid": valid.sum(),
         }
 
+    # -- odsF: per-image boundary matching, in this process or a pool ---------------------------------
+    def _submit(self, prob: Tensor, gt: Tensor) -> None:
+        workers = int(os.environ.get("MTBENCH_EDGE_WORKERS", "0") or 0)
+        for p, g in zip(prob[:, 0].cpu().numpy(), gt[:, 0].cpu().numpy()):
+            job = (p, g, self.max_dist, self.thresholds)
+            if workers <= 0:
+                self._add_ods(torch.from_numpy(boundary_counts(*job)))
+                continue
+            if self._pool is None:
+                import concurrent.futures
+                import multiprocessing
+
+                # spawn: the evaluating process may hold CUDA state, which must not be forked
+                self._pool = concurrent.futures.ProcessPoolExecutor(
+                    workers, mp_context=multiprocessing.get_context("spawn"))
+            self._pending.append(self._pool.submit(_boundary_counts_job, job))
+
+    def _add_ods(self, counts: Tensor) -> None:
+        state = self.states["ods_counts"]
+        self.states["ods_counts"] = state + counts.to(state.device, state.dtype)
+
+    def drain(self) -> None:
+        """Wait for queued odsF jobs and add their counts to the states."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            self._add_ods(torch.from_numpy(future.result()))
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
+
+    def compute(self) -> dict[str, float]:
+        self.drain()
+        return super().compute()
+
+    def merge(self, other: "Meter") -> "Meter":
+        self.drain()
+        if isinstance(other, EdgeMeter):
+            other.drain()
+        return super().merge(other)
+
+    def all_reduce(self) -> None:
+        self.drain()
+        super().all_reduce()
+
+    def reset(self) -> None:
+        self.drain()
+        super().reset()
+
     def _compute(self, states: dict[str, Tensor]) -> dict[str, float]:
-        if any(m.name == "odsF" for m in self.task.metrics):
-            raise NotImplementedError("odsF needs the pyedgeeval backend (planned)")
+        out: dict[str, float] = {}
         if int(states["n_valid"]) == 0:
-            return {"F_tol": math.nan}
-        precision = states["pred_match"].double() / states["pred_pos"].double()
-        recall = states["gt_match"].double() / states["gt_pos"].double()
-        f = 2 * precision * recall / (precision + recall)
-        return {"F_tol": 100.0 * float(torch.nan_to_num(f, nan=0.0).max())}
+            out["F_tol"] = math.nan
+        else:
+            precision = states["pred_match"].double() / states["pred_pos"].double()
+            recall = states["gt_match"].double() / states["gt_pos"].double()
+            f = 2 * precision * recall / (precision + recall)
+            out["F_tol"] = 100.0 * float(torch.nan_to_num(f, nan=0.0).max())
+        if self.wants_ods:
+            if self.backend_problem is not None:
+                if self.backend_problem not in EdgeMeter._warned:
+                    EdgeMeter._warned.add(self.backend_problem)
+                    log.warning("task %s: %s", self.task.name, self.backend_problem)
+                out["odsF"] = math.nan
+            elif int(states["n_valid"]) == 0:
+                out["odsF"] = math.nan
+            else:
+                out["odsF"] = ods_from_counts(states["ods_counts"])
+        return out
+
+
+def resize_prediction(pred: Tensor, size: tuple[int, int], kind: str) -> Tensor:
+    """Bring a raw head output ``[B, C, h, w]`` to the target size (H, W), as MTI-Net resizes its
+    post-processed predictions back to the original image size (PROTOCOL.md 2): labels with
+    nearest neighbour (OpenCV ``INTER_NEAREST``, i.e. on the argmax; nearest on logits gives the same
+    labels), saliency and edges as probabilities with bilinear interpolation (returned as logits
+    again, so the meters' sigmoid gives the interpolated probability), normals as unit vectors with
+    bilinear interpolation (the meter renormalises), depth bilinearly. Returns float64 for the
+    probability kinds, the input's dtype otherwise.
+    """
+    size = (int(size[0]), int(size[1]))
+    if tuple(pred.shape[-2:]) == size:
+        return pred
+    if kind == "segmentation":
+        return F.interpolate(pred, size=size, mode="nearest")
+    if kind in ("saliency", "edge"):
+        prob = F.interpolate(torch.sigmoid(pred.double()), size=size, mode="bilinear", align_corners=False)
+        prob = prob.clamp(1e-15, 1 - 1e-15)
+        return torch.log(prob) - torch.log1p(-prob)
+    if kind == "normals":
+        unit = F.normalize(pred.double(), p=2, dim=1, eps=1e-12)
+        return F.interpolate(unit, size=size, mode="bilinear", align_corners=False).to(pred.dtype)
+    if kind == "depth":
+        return F.interpolate(pred, size=size, mode="bilinear", align_corners=False)
+    raise ValueError(f"no resize rule for task kind {kind!r}")
 
 
 _METERS: dict[str, type[Meter]] = {

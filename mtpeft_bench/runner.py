@@ -124,8 +124,9 @@ def make_loaders(resolved: ResolvedRun, root: Path | None, device: Any, sampler_
     val_sampler = sampler_factory(val_set, False) if sampler_factory else None
     train = DataLoader(train_set, batch_size=cfg.batch_size, shuffle=train_sampler is None, sampler=train_sampler,
                        drop_last=True, generator=generator, **common)
-    val = DataLoader(val_set, batch_size=cfg.eval_batch_size or cfg.batch_size, shuffle=False, sampler=val_sampler,
-                     drop_last=False, **common)
+    # a dataset may declare its evaluation batch size (1 when targets keep each image's original size)
+    val_batch = getattr(val_set, "eval_batch_size", None) or cfg.eval_batch_size or cfg.batch_size
+    val = DataLoader(val_set, batch_size=val_batch, shuffle=False, sampler=val_sampler, drop_last=False, **common)
     return train, val
 
 
@@ -303,7 +304,7 @@ def run(cfg: RunConfig | None = None, /, **options: Any) -> dict[str, Any]:
             "peak_memory_mb": round(peak, 1), "train_peak_memory_mb": round(train_peak, 1), "memory_kind": memory_kind,
             "train_images_per_s": trainer.train_throughput.last_rate,
             "inference_images_per_s": infer.last_rate,
-            "batch_size": cfg.batch_size, "eval_batch_size": cfg.eval_batch_size or cfg.batch_size,
+            "batch_size": cfg.batch_size, "eval_batch_size": val_loader.batch_size,
             "timing": "model compute only (forward+backward+step for training, forward for inference), "
                       "after warm-up steps, CUDA-synchronised",
         },

@@ -29,6 +29,7 @@ passing it in ``build_transforms(..., augmentations=[...])``.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
@@ -104,36 +105,49 @@ def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return out.clamp_(0.0, 1.0)
 
 
+NEAREST_MODES = ("cv2", "centre")
+NORMALS_MODES = ("cubic", "linear")
+
+
 def resize_target(target: torch.Tensor, size: tuple[int, int], interpolation: str,
-                  ignore_index: int = 255) -> torch.Tensor:
+                  ignore_index: int = 255, nearest: str = "cv2", normals: str = "cubic") -> torch.Tensor:
     """Resize one target to ``size`` = (H, W), keeping its dtype.
 
     Args:
         target: ``[H, W]`` (segmentation) or ``[C, H, W]``.
         interpolation: ``nearest`` (labels: values stay in the input's value set), ``linear``
-            (bilinear) or ``normals`` (bilinear, then each vector scaled back to unit length;
-            vectors that are zero, or marked ``ignore_index`` in all channels, count as zero and
-            stay exactly zero).
+            (bilinear) or ``normals`` (see ``normals``; then each vector is scaled back to unit
+            length; vectors that are zero, or marked ``ignore_index`` in all channels, count as
+            zero, and a pixel whose interpolation taps are all zero stays exactly zero).
+        nearest: ``cv2`` (the reference: OpenCV's ``INTER_NEAREST`` takes source pixel
+            ``floor(dst * src_size / dst_size)``, i.e. torch's ``nearest``) or ``centre`` (the
+            source pixel whose centre is closest, torch's ``nearest-exact`` / PIL).
+        normals: ``cubic`` (the reference's ``INTER_CUBIC`` for normals, PROTOCOL.md 2 FLAGVALS)
+            or ``linear`` (bilinear, which never spreads a valid vector more than one pixel).
     """
     if tuple(target.shape[-2:]) == tuple(size):
         return target
     squeeze = target.dim() == 2
     x = target[None, None] if squeeze else target[None]
     if interpolation == "nearest":
-        # "nearest-exact" samples the source pixel whose centre is closest (PIL/cv2 semantics);
-        # plain "nearest" is biased by half a pixel towards the top-left.
-        out = F.interpolate(x.float(), size=size, mode="nearest-exact").to(target.dtype)
+        if nearest not in NEAREST_MODES:
+            raise ValueError(f"nearest must be one of {NEAREST_MODES}, not {nearest!r}")
+        mode = "nearest" if nearest == "cv2" else "nearest-exact"
+        out = F.interpolate(x.float(), size=size, mode=mode).to(target.dtype)
     elif interpolation == "linear":
         out = F.interpolate(x.float(), size=size, mode="bilinear", align_corners=False).to(target.dtype)
     elif interpolation == "normals":
-        x = x.float()
+        if normals not in NORMALS_MODES:
+            raise ValueError(f"normals interpolation must be one of {NORMALS_MODES}, not {normals!r}")
+        x = x.double()
         invalid = (x == ignore_index).all(dim=1, keepdim=True)
         x = x.masked_fill(invalid, 0.0)
-        out = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+        mode = "bicubic" if normals == "cubic" else "bilinear"
+        out = F.interpolate(x, size=size, mode=mode, align_corners=False)
         norm = out.norm(dim=1, keepdim=True)
-        # A pixel fed only by invalid (zero) neighbours has norm 0 and stays zero; any valid
-        # neighbour makes the average a non-zero vector, which is renormalised.
-        out = torch.where(norm > 1e-6, out / norm.clamp_min(1e-6), torch.zeros_like(out))
+        # As the reference (n / (|n| + eps)): any non-zero vector becomes unit length; a pixel
+        # whose taps are all zero (invalid) is exactly zero and is marked ignore later.
+        out = torch.where(norm > 0, out / norm.clamp_min(1e-300), torch.zeros_like(out)).to(target.dtype)
     else:
         raise ValueError(f"unknown interpolation {interpolation!r}")
     return out[0, 0] if squeeze else out[0]
@@ -142,21 +156,39 @@ def resize_target(target: torch.Tensor, size: tuple[int, int], interpolation: st
 class FixedResize:
     """Resize image and every target to ``size`` = (H, W), aspect ratio not kept (PROTOCOL.md 2).
 
-    The image is resized bicubically and clamped to [0, 1]; each target with its task's
-    ``interpolation``. A sample already at ``size`` is returned unchanged (bit-exact).
+    The image is resized bicubically and clamped to [0, 1] (the reference resizes float images
+    with OpenCV's cubic and casts to uint8 afterwards; the clamp is the well-defined version of
+    that cast); each target with its task's ``interpolation`` (``nearest`` and ``normals`` modes
+    as in :func:`resize_target`). A sample already at ``size`` is returned unchanged (bit-exact).
+
+    Args:
+        size: (H, W).
+        nearest: ``cv2`` (reference) or ``centre``, see :func:`resize_target`.
+        normals: ``cubic`` (reference) or ``linear``.
+        targets: resize the targets too (False: only the image, for evaluation at the original
+            resolution, PROTOCOL.md 2 "MTI-Net").
     """
 
-    def __init__(self, size: tuple[int, int]):
+    def __init__(self, size: tuple[int, int], nearest: str = "cv2", normals: str = "cubic", targets: bool = True):
         h, w = (int(s) for s in size)
         if h < 1 or w < 1:
             raise ValueError(f"resize size must be positive, got {size}")
+        if nearest not in NEAREST_MODES:
+            raise ValueError(f"nearest must be one of {NEAREST_MODES}, not {nearest!r}")
+        if normals not in NORMALS_MODES:
+            raise ValueError(f"normals interpolation must be one of {NORMALS_MODES}, not {normals!r}")
         self.size = (h, w)
+        self.nearest = nearest
+        self.normals = normals
+        self.targets = targets
 
     def __call__(self, sample: Sample, tasks: Mapping[str, TaskSpec]) -> Sample:
         out = dict(sample)
         out["image"] = resize_image(sample["image"], self.size)
-        for name, spec in _task_items(sample, tasks):
-            out[name] = resize_target(sample[name], self.size, spec.interpolation, spec.ignore_index)
+        if self.targets:
+            for name, spec in _task_items(sample, tasks):
+                out[name] = resize_target(sample[name], self.size, spec.interpolation, spec.ignore_index,
+                                          nearest=self.nearest, normals=self.normals)
         return out
 
 
@@ -208,9 +240,153 @@ def denormalize(image: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
     return (image * s + m).clamp(0.0, 1.0)
 
 
+BORDER_FILLS = ("zero", "ignore")
+
+
+def _affine_source_coords(height: int, width: int, angle_deg: float, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Source pixel coordinates (x, y), float64[H, W] each, of every destination pixel of OpenCV's
+    ``warpAffine(src, getRotationMatrix2D((w / 2, h / 2), angle, scale), (w, h))``.
+
+    OpenCV's matrix M maps source to destination pixel indices (pixel centres at integers; a
+    positive angle turns the content counter-clockwise on screen); the warp samples the source at
+    M^-1 applied to each destination index.
+    """
+    cx, cy = width / 2.0, height / 2.0
+    a = scale * math.cos(math.radians(angle_deg))
+    b = scale * math.sin(math.radians(angle_deg))
+    # M = [[a, b, (1 - a) cx - b cy], [-b, a, b cx + (1 - a) cy]]; invert the similarity.
+    tx, ty = (1 - a) * cx - b * cy, b * cx + (1 - a) * cy
+    det = a * a + b * b
+    y, x = torch.meshgrid(torch.arange(height, dtype=torch.float64), torch.arange(width, dtype=torch.float64),
+                          indexing="ij")
+    u, v = x - tx, y - ty
+    return (a * u - b * v) / det, (b * u + a * v) / det
+
+
+def warp(x: torch.Tensor, sx: torch.Tensor, sy: torch.Tensor, mode: str, fill: float = 0.0) -> torch.Tensor:
+    """Sample ``x`` ``[C, H, W]`` at source coordinates ``sx``/``sy`` ``[H, W]`` (pixel indices).
+
+    ``mode``: ``nearest`` (OpenCV rounds the source coordinate half up) or ``cubic`` (bicubic,
+    a = -0.75 as OpenCV; taps outside the image count as 0, OpenCV's constant border). Pixels whose
+    source lies outside the image get ``fill`` (nearest) or are built from zero taps (cubic).
+    """
+    c, h, w = x.shape
+    if mode == "nearest":
+        ix = torch.floor(sx + 0.5).long()
+        iy = torch.floor(sy + 0.5).long()
+        inside = (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h)
+        flat = (iy.clamp(0, h - 1) * w + ix.clamp(0, w - 1)).reshape(-1)
+        out = x.reshape(c, -1)[:, flat].reshape(c, h, w)
+        return torch.where(inside, out, torch.full_like(out, fill))
+    if mode == "cubic":
+        # grid_sample's normalised coordinates with align_corners=True: -1 and 1 are the centres
+        # of the first and last pixels, i.e. pixel index i -> 2 i / (n - 1) - 1.
+        gx = 2 * sx / max(w - 1, 1) - 1
+        gy = 2 * sy / max(h - 1, 1) - 1
+        grid = torch.stack([gx, gy], dim=-1)[None].to(torch.float64)
+        out = F.grid_sample(x[None].double(), grid, mode="bicubic", padding_mode="zeros", align_corners=True)[0]
+        return out.to(x.dtype)
+    raise ValueError(f"unknown warp mode {mode!r}")
+
+
+class ScaleNRotate:
+    """Random rotation and zoom about the image centre, canvas size kept (ASTMT ``ScaleNRotate``).
+
+    PROTOCOL.md 2: PASCAL draws the angle from U[-20°, 20°] and the scale from U[0.75, 1.25]
+    (``rotations=(-20, 20), scales=(0.75, 1.25)``, tuples = continuous ranges); NYUD keeps the angle
+    at 0 and picks the scale from {1, 1.2, 1.5} (``rotations=[0], scales=[1.0, 1.2, 1.5]``, lists =
+    discrete choices). Each sample is warped with OpenCV's ``getRotationMatrix2D((w/2, h/2), angle,
+    scale)``: the image and normals bicubically, every other target with nearest neighbour
+    (FLAGVALS). The normals' in-plane components are rotated by the same angle before the warp,
+    exactly as the reference: with a = atan2(n_x, n_y) and ρ = |(n_x, n_y)|,
+    n_x ← ρ sin(a + θ), n_y ← ρ cos(a + θ); n_z and the norm are unchanged. Depth is divided by
+    the scale (zooming in by s brings the scene s times closer).
+
+    Args:
+        rotations: (min, max) degrees, or a list of angles to choose from.
+        scales: (min, max), or a list of scales to choose from (same type as ``rotations``).
+        border: what fills the canvas outside the warped image: ``zero`` (the reference: 0, i.e.
+            background for semseg/parts, non-salient, no edge, missing depth, invalid normals) or
+            ``ignore`` (label targets get their ``ignore_index`` there; PROTOCOL.md 8 item 5).
+        generator: torch generator for the draws (default: torch's global one).
+    """
+
+    def __init__(self, rotations: tuple[float, float] | Sequence[float] = (-20.0, 20.0),
+                 scales: tuple[float, float] | Sequence[float] = (0.75, 1.25), border: str = "zero",
+                 generator: torch.Generator | None = None):
+        if isinstance(rotations, tuple) != isinstance(scales, tuple):
+            raise ValueError("rotations and scales must both be (min, max) tuples or both be lists")
+        if isinstance(rotations, tuple) and (len(rotations) != 2 or len(scales) != 2):
+            raise ValueError("(min, max) ranges need exactly two values")
+        if not len(rotations) or not len(scales) or min(scales) <= 0:
+            raise ValueError(f"scales must be positive and non-empty, got {scales}")
+        if border not in BORDER_FILLS:
+            raise ValueError(f"border must be one of {BORDER_FILLS}, not {border!r}")
+        self.rotations = rotations
+        self.scales = scales
+        self.border = border
+        self.generator = generator
+
+    def _draw(self) -> tuple[float, float]:
+        def uniform(lo: float, hi: float) -> float:
+            return lo + (hi - lo) * float(torch.rand((), generator=self.generator, dtype=torch.float64))
+
+        def choice(values: Sequence[float]) -> float:
+            return float(values[int(torch.randint(len(values), (), generator=self.generator))])
+
+        if isinstance(self.rotations, tuple):
+            return uniform(*self.rotations), uniform(*self.scales)
+        return choice(self.rotations), choice(self.scales)
+
+    def __call__(self, sample: Sample, tasks: Mapping[str, TaskSpec]) -> Sample:
+        angle, scale = self._draw()
+        return self.apply(sample, tasks, angle, scale)
+
+    def apply(self, sample: Sample, tasks: Mapping[str, TaskSpec], angle: float, scale: float) -> Sample:
+        """Warp ``sample`` with a given ``angle`` (degrees) and ``scale``."""
+        out = dict(sample)
+        h, w = sample["image"].shape[-2:]
+        sx, sy = _affine_source_coords(h, w, angle, scale)
+        out["image"] = warp(sample["image"], sx, sy, "cubic")
+        for name, spec in _task_items(sample, tasks):
+            target = sample[name]
+            if tuple(target.shape[-2:]) != (h, w):
+                raise ValueError(f"{name} target is {tuple(target.shape[-2:])}, the image is {(h, w)}")
+            squeeze = target.dim() == 2
+            t = target[None] if squeeze else target
+            if spec.kind == "normals":
+                t = rotate_normals(t.double(), angle, spec.ignore_index)
+                t = warp(t, sx, sy, "cubic").to(target.dtype)
+            else:
+                fill = float(spec.ignore_index) if self.border == "ignore" and spec.kind != "depth" else 0.0
+                t = warp(t, sx, sy, "nearest", fill=fill)
+                if spec.kind == "depth":
+                    t = torch.where(t == spec.ignore_index, t, t / scale)
+            out[name] = t[0] if squeeze else t
+        return out
+
+    def __repr__(self) -> str:
+        return f"ScaleNRotate(rotations={self.rotations}, scales={self.scales}, border={self.border!r})"
+
+
+def rotate_normals(normals: torch.Tensor, angle_deg: float, ignore_index: int = 255) -> torch.Tensor:
+    """Rotate the in-plane (x, y) components of ``normals`` ``[3, H, W]`` by ``angle_deg``, as ASTMT's
+    ScaleNRotate: n_x' = n_x cos θ + n_y sin θ, n_y' = n_y cos θ - n_x sin θ (the closed form of its
+    atan2 / sin / cos expression). Vectors marked ``ignore_index`` are left alone."""
+    theta = math.radians(angle_deg)
+    c, s = math.cos(theta), math.sin(theta)
+    x, y = normals[0], normals[1]
+    ignored = (normals == ignore_index).all(dim=0)
+    out = normals.clone()
+    out[0] = torch.where(ignored, x, x * c + y * s)
+    out[1] = torch.where(ignored, y, y * c - x * s)
+    return out
+
+
 def build_transforms(image_size: tuple[int, int], train: bool,
                      augmentations: Sequence[Transform] | None = None,
-                     ignore: AddIgnoreRegions | None = None) -> Compose:
+                     ignore: AddIgnoreRegions | None = None,
+                     resize: FixedResize | None = None) -> Compose:
     """The protocol pipeline.
 
     Args:
@@ -219,9 +395,11 @@ def build_transforms(image_size: tuple[int, int], train: bool,
         augmentations: replaces the default training augmentations, applied in order before the
             resize (e.g. ``[RandomHorizontalFlip(), ScaleNRotate(...)]``).
         ignore: the ignore-marking step (default :class:`AddIgnoreRegions` with its defaults).
+        resize: the resize step (default ``FixedResize(image_size)`` with the reference's modes).
     """
     steps: list[Transform] = []
     if train:
         steps += list(augmentations) if augmentations is not None else [RandomHorizontalFlip(0.5)]
-    steps += [FixedResize(image_size), ignore if ignore is not None else AddIgnoreRegions(), Normalize()]
+    steps += [resize if resize is not None else FixedResize(image_size),
+              ignore if ignore is not None else AddIgnoreRegions(), Normalize()]
     return Compose(steps)

@@ -112,10 +112,24 @@ def test_resized_normals_are_unit_or_exactly_zero_then_ignored():
 def test_resize_normals_treats_ignored_vectors_as_zero():
     n = _unit(torch.ones(3, 4, 4))
     n[:, :, :2] = 255.0
-    out = resize_target(n, (4, 8), "normals")
+    # linear: output column x samples source x/2 - 0.25; columns 0..2 only see the invalid columns 0, 1
+    out = resize_target(n, (4, 8), "normals", normals="linear")
     assert not (out == 255).any()
     assert (out[:, :, :3].norm(dim=0) == 0).all()
-    torch.testing.assert_close(out[:, :, 5:].norm(dim=0), torch.ones(4, 3))
+    torch.testing.assert_close(out[:, :, 3:].norm(dim=0), torch.ones(4, 5))
+    # cubic (the reference): four taps, so only column 0 (taps -2..1, clamped to 0..1) stays invalid
+    out = resize_target(n, (4, 8), "normals")
+    assert not (out == 255).any()
+    assert (out[:, :, 0].norm(dim=0) == 0).all()
+    torch.testing.assert_close(out[:, :, 1:].norm(dim=0), torch.ones(4, 7), rtol=0, atol=1e-6)
+
+
+def test_resize_nearest_follows_opencv_by_default():
+    # OpenCV INTER_NEAREST takes source floor(x * 4 / 3) for 3 output columns: 0, 1, 2;
+    # nearest-to-centre takes floor((x + 0.5) * 4 / 3): 0, 2, 3
+    t = torch.tensor([[10, 11, 12, 13]])
+    assert resize_target(t, (1, 3), "nearest").tolist() == [[10, 11, 12]]
+    assert resize_target(t, (1, 3), "nearest", nearest="centre").tolist() == [[10, 12, 13]]
 
 
 def test_resize_image_is_bicubic_and_clamped():
@@ -175,3 +189,69 @@ def test_pipelines_have_the_protocol_order():
     assert seen == [(H, W)]  # augmentations run before the resize
     assert out["image"].shape == (3, 8, 8) and (out["depth"] == 255).any()
     assert isinstance(custom, Compose) and "FixedResize" in repr(custom)
+
+
+# -- ScaleNRotate and the protocol pipelines (PROTOCOL.md 2) ---------------------------------------
+
+def test_rotate_normals_hand_case_and_unit_length():
+    from mtpeft_bench.tasks.transforms import rotate_normals
+
+    n = torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1)
+    # the reference: a = atan2(n_x, n_y) = 90°, x' = sin(a + θ), y' = cos(a + θ); θ = 90° gives (0, -1, 0)
+    torch.testing.assert_close(rotate_normals(n, 90.0)[:, 0, 0], torch.tensor([0.0, -1.0, 0.0]), atol=1e-7, rtol=0)
+    s = make_sample()
+    out = rotate_normals(s["normals"], 17.0)
+    valid = s["normals"].norm(dim=0) > 0
+    torch.testing.assert_close(out.norm(dim=0)[valid], torch.ones(int(valid.sum())))
+    assert torch.equal(out[2], s["normals"][2])
+
+
+def test_scale_n_rotate_moves_pixels_as_opencv_and_divides_depth():
+    from mtpeft_bench.tasks.transforms import ScaleNRotate
+
+    h = w = 6
+    label = torch.zeros(h, w, dtype=torch.int64)
+    label[2, 1] = 3  # (x=1, y=2)
+    depth = torch.full((1, h, w), 2.0)
+    sample = {"image": torch.rand(3, h, w), "semseg": label, "depth": depth}
+    tasks = {"semseg": TASKS["semseg"], "depth": TASKS["depth"]}
+    # getRotationMatrix2D((3, 3), 90, 1) maps (x, y) to (y, 6 - x): the marked pixel lands at (x=2, y=5)
+    out = ScaleNRotate([0.0], [1.0]).apply(sample, tasks, 90.0, 1.0)
+    assert out["semseg"][5, 2] == 3 and int((out["semseg"] == 3).sum()) == 1
+    assert (out["semseg"][0] == 0).all()  # the row rotated in from outside is filled with 0 (background)
+    zoomed = ScaleNRotate([0.0], [1.5]).apply(sample, tasks, 0.0, 1.5)
+    assert zoomed["depth"][0, 3, 3] == pytest.approx(2.0 / 1.5)  # the centre stays, depth / zoom
+    out = ScaleNRotate([0.0], [0.5], border="ignore").apply(sample, tasks, 0.0, 0.5)
+    assert out["semseg"][0, 0] == 255 and out["depth"][0, 0, 0] == 0  # zoom-out border: ignore / missing
+
+
+def test_scale_n_rotate_draws_from_the_protocol_ranges():
+    from mtpeft_bench.tasks.transforms import ScaleNRotate
+
+    g = torch.Generator().manual_seed(0)
+    cont = ScaleNRotate((-20.0, 20.0), (0.75, 1.25), generator=g)
+    draws = [cont._draw() for _ in range(200)]
+    assert all(-20 <= a <= 20 and 0.75 <= s <= 1.25 for a, s in draws)
+    assert min(a for a, _ in draws) < -15 and max(a for a, _ in draws) > 15
+    disc = ScaleNRotate([0.0], [1.0, 1.2, 1.5], generator=g)
+    assert {disc._draw() for _ in range(100)} == {(0.0, 1.0), (0.0, 1.2), (0.0, 1.5)}
+    with pytest.raises(ValueError, match="both be"):
+        ScaleNRotate((-20.0, 20.0), [1.0])
+
+
+def test_pascal_training_pipeline_keeps_normals_unit_and_labels_in_range():
+    from mtpeft_bench.tasks.protocols import ProtocolConfig, protocol_transforms
+
+    pipeline = protocol_transforms("pascal", ProtocolConfig(), (16, 20), train=True)
+    assert [type(t).__name__ for t in pipeline.transforms] == [
+        "RandomHorizontalFlip", "ScaleNRotate", "FixedResize", "AddIgnoreRegions", "Normalize"]
+    torch.manual_seed(3)
+    for _ in range(5):
+        out = pipeline(make_sample(), TASKS)
+        n = out["normals"]
+        valid = ~(n == 255).all(dim=0)
+        torch.testing.assert_close(n[:, valid].norm(dim=0), torch.ones(int(valid.sum())), rtol=0, atol=1e-5)
+        assert set(out["semseg"].unique().tolist()) <= set(range(5)) | {255}
+    evaluation = protocol_transforms("pascal", ProtocolConfig(protocol="mtinet"), (16, 20), train=False)
+    out = evaluation(make_sample(), TASKS)
+    assert out["image"].shape == (3, 16, 20) and out["semseg"].shape == (H, W)  # targets stay at the original size
