@@ -59,11 +59,19 @@ def load_reference(dataset: str) -> dict[str, Any] | None:
     return yaml.safe_load(text)
 
 
-def reference_applies(reference: Mapping[str, Any], config: Mapping[str, Any]) -> bool:
-    """Whether the run's protocol matches what the reference baselines were measured under."""
+def reference_applies(reference: Mapping[str, Any], config: Mapping[str, Any],
+                      data_config: Mapping[str, Any] | None = None) -> bool:
+    """Whether the run's protocol matches what the reference baselines were measured under.
+
+    ``applies_to`` keys name run settings (``backbone``, ``image_size``) or dataset options with a
+    ``data.`` prefix (``data.protocol``).
+    """
     conditions = (reference.get("single_task") or {}).get("applies_to") or {}
     for key, expected in conditions.items():
-        actual = config.get(key)
+        if key.startswith("data."):
+            actual = (data_config or {}).get(key[5:])
+        else:
+            actual = config.get(key)
         if isinstance(expected, list):
             actual = list(actual) if isinstance(actual, (list, tuple)) else actual
         if key == "backbone" and isinstance(actual, str):
@@ -78,7 +86,7 @@ def reference_baselines(record: Mapping[str, Any]) -> dict[str, Any] | None:
     reference = load_reference(record["dataset"])
     if not reference or "single_task" not in reference:
         return None
-    if not reference_applies(reference, record.get("config") or {}):
+    if not reference_applies(reference, record.get("config") or {}, record.get("data_config") or {}):
         return None
     return reference["single_task"]
 

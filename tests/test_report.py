@@ -117,3 +117,25 @@ def test_compare_does_not_import_torch(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "| full" in result.stdout
+
+
+def test_published_baselines_for_the_matching_protocol_only():
+    specs = {
+        "semseg": SPECS["semseg"],
+        "normals": {"primary": "mean", "metrics": {"mean": {"higher_is_better": False, "unit": "deg"}}},
+    }
+    rec = record("mtlora", ["semseg"], [67.90], dataset="pascal_mt")
+    rec["tasks"] = ["semseg", "normals"]
+    rec["task_specs"] = specs
+    rec["metrics"] = {"semseg": {"mIoU": 67.90}, "normals": {"mean": 16.60}}
+    rec["config"] = {"backbone": "swin_tiny_patch4_window7_224.ms_in22k", "image_size": [448, 448]}
+    rec["data_config"] = {"protocol": "mtlora"}
+    delta = compute_delta(rec, [rec])
+    # (67.90-67.21)/67.21 = +1.0266 %, (17.97-16.60)/17.97 = +7.6238 % → mean +4.3252 %
+    assert delta["baseline"]["source"] == "reference"
+    assert delta["value"] == pytest.approx(4.3252, abs=1e-3)
+    rec["data_config"] = {"protocol": "mtinet"}
+    assert compute_delta(rec, [rec])["value"] is None
+    rec["data_config"] = {"protocol": "mtlora"}
+    rec["config"]["image_size"] = [224, 224]
+    assert compute_delta(rec, [rec])["value"] is None
