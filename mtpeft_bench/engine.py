@@ -208,16 +208,18 @@ class Trainer:
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, task_specs: Sequence[Any], device: torch.device,
              amp: bool = False, amp_dtype: str = "float16", limit: int | None = None, progress: bool = True,
-             reduce: Callable[[Any], None] | None = None) -> tuple[dict[str, dict[str, float]], Throughput]:
+             reduce: Callable[[Any], None] | None = None, skip_expensive: bool = False
+             ) -> tuple[dict[str, dict[str, float]], Throughput]:
     """Run the model over ``loader`` and return ``{task: {metric: value}}`` and the inference timing.
 
     The meters stream (no prediction is kept); ``reduce(meter)`` (e.g. a DDP all-reduce) runs on
-    every meter before ``compute()``. A prediction whose size differs from its target's (a dataset
+    every meter before ``compute()``; ``skip_expensive`` leaves out metrics such as odsF (periodic
+    evaluations during training). A prediction whose size differs from its target's (a dataset
     that evaluates at the original image size) is resized to the target by
     :func:`~mtpeft_bench.metrics.resize_prediction` first.
     """
     model.eval()
-    meters = {s.name: build_meter(s) for s in task_specs}
+    meters = {s.name: build_meter(s, skip_expensive=skip_expensive) for s in task_specs}
     kinds = {s.name: s.kind for s in task_specs}
     tasks = list(meters)
     timing = Throughput(device, warmup=2)

@@ -178,7 +178,7 @@ class Meter:
     #: metric names a task may ask for besides ``metric_names`` (handled specially by ``compute``).
     extra_names: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, task: TaskSpec) -> None:
+    def __init__(self, task: TaskSpec, skip_expensive: bool = False) -> None:
         if task.kind != self.kind:
             raise ValueError(f"task {task.name!r} is of kind {task.kind!r}, not {self.kind!r}")
         known = self.metric_names + self.extra_names
@@ -189,6 +189,9 @@ class Meter:
                 f"does not compute; it computes: {', '.join(self.metric_names)}"
             )
         self.task = task
+        # Periodic evaluations during training may leave out metrics that cost far more than the
+        # forward passes (odsF's boundary matching); the final evaluation never does.
+        self.skip_expensive = skip_expensive
         self.states: dict[str, Tensor] = self._new_states()
 
     # -- to implement --------------------------------------------------------------------------------
@@ -282,9 +285,9 @@ class SegmentationMeter(Meter):
     kind = "segmentation"
     metric_names = ("mIoU", "pixAcc")
 
-    def __init__(self, task: TaskSpec) -> None:
+    def __init__(self, task: TaskSpec, skip_expensive: bool = False) -> None:
         self.num_classes = int(task.num_outputs)
-        super().__init__(task)
+        super().__init__(task, skip_expensive)
 
     def _new_states(self) -> dict[str, Tensor]:
         # confusion[g, p]: valid pixels with ground truth g predicted as p.
@@ -574,19 +577,19 @@ class EdgeMeter(Meter):
     extra_names = ("odsF",)
     _warned: ClassVar[set[str]] = set()
 
-    def __init__(self, task: TaskSpec) -> None:
+    def __init__(self, task: TaskSpec, skip_expensive: bool = False) -> None:
         if "max_dist" not in task.options:
             raise ValueError(f"edge task {task.name!r} needs options['max_dist'] (the match tolerance as a "
                              "fraction of the image diagonal, e.g. 0.0075 for PASCAL)")
         self.max_dist = float(task.options["max_dist"])
         if not self.max_dist >= 0:
             raise ValueError(f"edge task {task.name!r}: options['max_dist'] must be >= 0, got {self.max_dist!r}")
-        self.wants_ods = any(m.name == "odsF" for m in task.metrics)
+        self.wants_ods = any(m.name == "odsF" for m in task.metrics) and not skip_expensive
         self.thresholds = edge_thresholds(int(task.options.get("thresholds", 99)))
         self.backend_problem = edge_backend() if self.wants_ods else None
         self._pending: list[Any] = []
         self._pool: Any = None
-        super().__init__(task)
+        super().__init__(task, skip_expensive)
 
     def _new_states(self) -> dict[str, Tensor]:
         n_t = len(EDGE_THRESHOLDS)
@@ -731,8 +734,9 @@ _METERS: dict[str, type[Meter]] = {
 }
 
 
-def build_meter(task: TaskSpec) -> Meter:
-    """The meter for ``task.kind``.
+def build_meter(task: TaskSpec, skip_expensive: bool = False) -> Meter:
+    """The meter for ``task.kind`` (``skip_expensive``: leave out metrics such as odsF whose cost
+    dwarfs the forward passes; used for the periodic evaluations during training).
 
     Raises:
         ValueError: the task asks for a metric its meter does not compute, or (edge) has no
@@ -742,4 +746,4 @@ def build_meter(task: TaskSpec) -> Meter:
         cls = _METERS[task.kind]
     except KeyError:
         raise ValueError(f"task {task.name!r}: no meter for kind {task.kind!r}") from None
-    return cls(task)
+    return cls(task, skip_expensive=skip_expensive)

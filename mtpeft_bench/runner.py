@@ -7,6 +7,7 @@ measure → write the result record.
 from __future__ import annotations
 
 import datetime as _dt
+import math
 import os
 import platform
 import random
@@ -267,12 +268,12 @@ def run(cfg: RunConfig | None = None, /, **options: Any) -> dict[str, Any]:
         last = epoch == cfg.epochs
         if cfg.eval_every and epoch % cfg.eval_every == 0 and not last:
             entry["val"], _ = evaluate(model, val_loader, resolved.task_specs, device, cfg.amp, cfg.amp_dtype,
-                                       cfg.limit_eval_batches, cfg.progress)
+                                       cfg.limit_eval_batches, cfg.progress, skip_expensive=True)
         history.append(entry)
         rate = trainer.train_throughput.last_rate
         _echo(f"epoch {epoch}/{cfg.epochs}: loss {stats.loss:.4f} · lr {stats.lr:.3g} · {stats.seconds:.1f} s"
               + (f" · {rate:.1f} img/s" if rate else "")
-              + (" · val " + ", ".join(f"{s.name} {entry['val'][s.name][s.primary.name]:.3f}"
+              + (" · val " + ", ".join(f"{s.name} {entry['val'][s.name].get(s.primary.name, math.nan):.3f}"
                                         for s in resolved.task_specs) if entry.get("val") else ""))
     train_peak, memory_kind = peak_memory_mb(device)
 

@@ -266,3 +266,20 @@ def test_resize_prediction_rules():
     np.testing.assert_allclose(normals[0, :, 0, 1].numpy(), [0.75, 0.25, 0.0], atol=1e-6)  # unit vectors mixed
     with pytest.raises(ValueError, match="no resize rule"):
         resize_prediction(logits, (3, 3), "unknown")
+
+
+def test_periodic_evaluations_can_skip_expensive_metrics():
+    """odsF's boundary matching is left out when asked (evaluations during training); F_tol stays."""
+    from mtpeft_bench.metrics import build_meter
+    from mtpeft_bench.tasks.specs import edge_task
+
+    task = edge_task("odsF", 0.011)
+    torch.manual_seed(0)
+    pred = torch.randn(1, 1, 16, 16)
+    target = (torch.rand(1, 1, 16, 16) > 0.8).float()
+    cheap = build_meter(task, skip_expensive=True)
+    full = build_meter(task)
+    cheap.update(pred, target)
+    full.update(pred, target)
+    assert "odsF" not in cheap.compute() and "odsF" in full.compute()
+    assert cheap.compute()["F_tol"] == full.compute()["F_tol"]
