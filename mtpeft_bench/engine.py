@@ -99,9 +99,10 @@ class EpochStats:
     seconds: float
     val: dict[str, dict[str, float]] | None = None
     complete: bool = True  # False: stopped on request inside the epoch (``steps`` taken so far)
+    sums: dict[str, float] = field(default_factory=dict)  # loss sums ("loss", tasks): exact resumption
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "complete"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("complete", "sums")}
 
 
 @dataclass
@@ -202,8 +203,9 @@ class Trainer:
         self.model.train()
         began = time.perf_counter()
         done = start.steps if start is not None else 0
-        total = start.loss * done if start is not None else 0.0
-        per_task = {t: (start.task_losses[t] * done if start is not None else 0.0) for t in self.tasks}
+        sums = start.sums if start is not None else {}
+        total = sums.get("loss", 0.0)
+        per_task = {t: sums.get(t, 0.0) for t in self.tasks}
         steps = done
         complete = True
         n_batches = len(loader) if hasattr(loader, "__len__") else None
@@ -230,7 +232,8 @@ class Trainer:
         n = max(steps, 1)
         seconds = time.perf_counter() - began + (start.seconds if start is not None else 0.0)
         return EpochStats(epoch=epoch, loss=total / n, task_losses={t: v / n for t, v in per_task.items()},
-                          lr=self.current_lr(), steps=steps, seconds=seconds, complete=complete)
+                          lr=self.current_lr(), steps=steps, seconds=seconds, complete=complete,
+                          sums={"loss": total, **per_task})
 
     def current_lr(self) -> float:
         return max(group["lr"] for group in self.optimizer.param_groups)

@@ -104,7 +104,7 @@ class EpochLoop:
         stats = self.trainer.train_epoch(self.train_loader, epoch, cfg.epochs, limit=cfg.limit_train_batches,
                                          start=start)
         if not stats.complete:
-            self.save(epoch, stats.steps, {**stats.to_dict(), "val": None})
+            self.save(epoch, stats.steps, {**stats.to_dict(), "val": None, "sums": stats.sums})
             session.mark("cancelled", f"stopped by {stop.signal_name or 'request'} at epoch {epoch}, step "
                                       f"{stats.steps}; checkpoint saved")
             say(f"mtbench: run {session.run_id} cancelled at epoch {epoch}, step {stats.steps}; checkpoint saved in "

@@ -79,7 +79,8 @@ class RunSession:
         meta = checkpoint.meta if checkpoint is not None else {}
         self.start_epoch: int = int(meta.get("epoch", 1))
         self.step_in_epoch: int = int(meta.get("step_in_epoch", 0))
-        self.partial: dict[str, Any] | None = meta.get("partial")
+        # This process's statistics of the epoch it stopped in (each process averaged its own batches).
+        self.partial: dict[str, Any] | None = (meta.get("partial") or {}).get(str(ctx.rank))
         self.history: list[dict[str, Any]] = list(meta.get("history", []))
         self.elapsed_before: float = float(meta.get("elapsed_s", 0.0))
         self.sessions: int = int(run_dir.state.get("sessions", 1))
@@ -182,11 +183,14 @@ class RunSession:
     def save(self, *, model: torch.nn.Module, trainer: Any, epoch: int, step_in_epoch: int,
              partial: Mapping[str, Any] | None, history: list[dict[str, Any]], elapsed_s: float) -> None:
         """Write the checkpoint of "``step_in_epoch`` steps into ``epoch``" (every process calls it;
-        rank 0 writes). ``model`` is the bare model."""
-        rng_states = self.ctx.gather(capture_rng(self.device))
+        rank 0 writes). ``model`` is the bare model; ``partial`` this process's statistics of the
+        unfinished epoch, if any."""
+        gathered = self.ctx.gather((capture_rng(self.device), partial))
         if self.ctx.is_main:
-            assert rng_states is not None
-            meta = {"run_id": self.run_id, "epoch": epoch, "step_in_epoch": step_in_epoch, "partial": partial,
+            assert gathered is not None
+            rng_states = [rng for rng, _ in gathered]
+            partials = {str(rank): part for rank, (_, part) in enumerate(gathered)} if partial is not None else None
+            meta = {"run_id": self.run_id, "epoch": epoch, "step_in_epoch": step_in_epoch, "partial": partials,
                     "trainer_step": trainer.step, "history": history, "elapsed_s": elapsed_s,
                     "world_size": self.ctx.world_size, "config_hash": self.run_dir.state.get("config_hash")}
             save_checkpoint(self.run_dir.checkpoint_path, model=model, optimizer=trainer.optimizer,

@@ -352,3 +352,79 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
         for name, value in values.items():
             assert abs(value - b["metrics"][task][name]) <= 5e-3 * max(abs(value), 1.0), (task, name)
     assert len(list((tmp_path / "runs").iterdir())) == 2
+
+
+@pytest.mark.slow
+def test_torchrun_ctrl_c_then_resume_equals_uninterrupted(tmp_path):
+    """SIGINT to torchrun's whole process group (what a terminal's Ctrl-C does): both processes stop at
+    the same step, rank 0 saves every process's RNG state and partial-epoch losses, the run is
+    cancelled; resuming with 2 processes reproduces the uninterrupted 2-process run exactly."""
+    import signal
+    import time
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+
+    def args(out):
+        return ["-m", "mtpeft_bench", "run", "--method", "full", "--preset", "smoke", "--tasks", "semseg,depth",
+                "--set", "data.num_train=16", "--set", "data.num_val=4", "--batch-size", "2", "--epochs", "3",
+                "--no-progress", "--set", "deterministic=true", "--out", str(out)]
+
+    ref = subprocess.run([*torchrun, *args(tmp_path / "ref" / "results")], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    out = tmp_path / "results"
+    proc = subprocess.Popen([*torchrun, *args(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    deadline = time.time() + 600
+    while not list((tmp_path / "runs").glob("*/last.safetensors")):
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()[-3000:]
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert "cancelled at epoch" in err, err[-3000:]
+    folder = next((tmp_path / "runs").iterdir())
+    state = json.loads((folder / "run.json").read_text())
+    assert state["status"] == "cancelled" and not list(out.rglob("*.json"))
+
+    done = subprocess.run([*torchrun, *args(out), "--resume"], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resuming run {folder.name} at epoch {state['epoch']}, step {state['step_in_epoch']}" in done.stderr
+    a = json.loads(next((tmp_path / "ref").rglob("*.json")).read_text())
+    b = json.loads(next(out.rglob("*.json")).read_text())
+    assert b["run_id"] == folder.name and b["execution"]["sessions"] == 2
+    assert b["metrics"] == a["metrics"]
+    assert [h["loss"] for h in b["history"]] == [h["loss"] for h in a["history"]]
+
+
+def _methods():
+    from conftest import load_example_plugin
+    from mtpeft_bench.registry import method_registry
+
+    load_example_plugin()
+    return sorted(set(method_registry.names()) | {"task_proj"})
+
+
+@pytest.mark.parametrize("method_name", _methods())
+def test_methods_with_parameters_without_gradient_declare_it_for_ddp(method_name):
+    """DDP (find_unused_parameters=False) fails at the second step if a trainable parameter got no
+    gradient in the first. Every method whose training step leaves some trainable parameter without
+    a gradient must declare ``find_unused_parameters = True`` on its encoder (methods/base.py), which
+    distributed.wrap_model passes to DDP. Checked on all tasks of synth, in one process."""
+    from test_contract import TASKS, build, random_batch
+
+    torch.set_num_threads(1)
+    model, _, specs = build(method_name, TASKS)
+    model.train()
+    batch = random_batch(specs)
+    outputs = model(batch["image"])
+    loss = sum(o.float().mean() for o in outputs.values())
+    extra = getattr(model.encoder, "extra_loss", None)
+    if callable(extra) and extra() is not None:
+        loss = loss + extra()
+    loss.backward()
+    unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    if unused:
+        assert getattr(model.encoder, "find_unused_parameters", False), (
+            f"{method_name}: trainable parameters without gradient ({', '.join(unused[:5])}"
+            f"{', ...' if len(unused) > 5 else ''}) but the encoder does not declare find_unused_parameters")

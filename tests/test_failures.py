@@ -128,39 +128,40 @@ def record_of(out_dir):
 
 
 def test_ctrl_c_saves_a_checkpoint_marks_cancelled_and_resume_equals_uninterrupted(capsys, tmp_path, monkeypatch):
-    # Uninterrupted reference.
-    code, _, err = run_cli([*TINY, "--out", str(tmp_path / "ref" / "results")], capsys)
+    args = [*TINY[:TINY.index("--batch-size")], "--batch-size", "2", *TINY[TINY.index("--batch-size") + 2:]]
+    # Uninterrupted reference (3 epochs of 4 steps).
+    code, _, err = run_cli([*args, "--out", str(tmp_path / "ref" / "results")], capsys)
     assert code == 0, err
     reference = record_of(tmp_path / "ref" / "results")
 
-    # Ctrl-C in the middle of epoch 2 (just before step 2 of 6, its first): the run stops after that step.
-    call_at_step(monkeypatch, 2, lambda trainer: os.kill(os.getpid(), signal.SIGINT))
+    # Ctrl-C in the middle of epoch 2 (just before step 6 of 12, its third): the run stops after that step.
+    call_at_step(monkeypatch, 6, lambda trainer: os.kill(os.getpid(), signal.SIGINT))
     out_dir = tmp_path / "results"
-    code, _, err = run_cli([*TINY, "--out", str(out_dir)], capsys)
+    code, _, err = run_cli([*args, "--out", str(out_dir)], capsys)
     assert code == 130
     assert "SIGINT received" in err and "--resume" in err
     folder, run_state = only_run(tmp_path / "runs")
     assert run_state["status"] == "cancelled"
-    assert (run_state["epoch"], run_state["step_in_epoch"]) == (2, 1)
+    assert (run_state["epoch"], run_state["step_in_epoch"]) == (2, 3)
     assert not list(out_dir.rglob("*.json")), "a cancelled run is not a result"
     assert not leftovers(out_dir, tmp_path / "runs")
     monkeypatch.undo()
     torch.set_num_threads(1)
 
-    code, out, err = run_cli([*TINY, "--out", str(out_dir), "--resume"], capsys)
+    code, out, err = run_cli([*args, "--out", str(out_dir), "--resume"], capsys)
     assert code == 0, err
-    assert f"resuming run {folder.name} at epoch 2, step 1" in err
+    assert f"resuming run {folder.name} at epoch 2, step 3" in err
     resumed = record_of(out_dir)
     assert resumed["run_id"] == folder.name
-    assert resumed["execution"]["sessions"] == 2 and resumed["execution"]["resumed_from"] == [2, 1]
+    assert resumed["execution"]["sessions"] == 2 and resumed["execution"]["resumed_from"] == [2, 3]
     # Bit-for-bit the uninterrupted run: same metrics and the same per-epoch losses.
     assert resumed["metrics"] == reference["metrics"]
     assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in reference["history"]]
-    assert [h["steps"] for h in resumed["history"]] == [2, 2, 2]
+    assert [h["steps"] for h in resumed["history"]] == [4, 4, 4]
     assert json.loads((folder / "run.json").read_text())["status"] == "completed"
 
     # Continuing a configuration that completed does nothing.
-    code, out, err = run_cli([*TINY, "--out", str(out_dir), "--resume"], capsys)
+    code, out, err = run_cli([*args, "--out", str(out_dir), "--resume"], capsys)
     assert code == 0 and "already completed" in err
     assert len(list(out_dir.rglob("*.json"))) == 1
 

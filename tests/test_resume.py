@@ -155,6 +155,53 @@ def test_malicious_pickle_checkpoint_is_refused(tmp_path, capsys):
     assert not _Payload.executed
 
 
+class _FakeWorld:
+    """The collectives of rank ``rank`` in a world of 2, with rank 1's contribution given."""
+
+    def __init__(self, rank, other=None):
+        self.rank, self.world_size, self.other = rank, 2, other
+
+    is_main = property(lambda self: self.rank == 0)
+    distributed = True
+
+    def gather(self, obj):
+        return [obj, self.other] if self.rank == 0 else None
+
+    def barrier(self):
+        pass
+
+    def broadcast(self, obj):
+        return obj
+
+
+def test_each_process_resumes_its_own_partial_epoch_and_rng(tmp_path):
+    from types import SimpleNamespace
+
+    from mtpeft_bench.session import RunSession
+
+    model, optimizer, scheduler, scaler = small_training_state(0)
+    trainer = SimpleNamespace(optimizer=optimizer, scheduler=scheduler, scaler=scaler, step=5)
+    torch.manual_seed(1)
+    rank1_rng = capture_rng()
+    expected_rank1 = torch.rand(3)
+    partial = {0: {"sums": {"loss": 3.0}, "steps": 3}, 1: {"sums": {"loss": 4.5}, "steps": 3}}
+    run = RunDir(tmp_path / "r", new_run_state("r", {"seed": 0}, "h", 2))
+    run.path.mkdir()
+    torch.manual_seed(0)
+    RunSession(_FakeWorld(0, (rank1_rng, partial[1])), run, None, torch.device("cpu")).save(
+        model=model, trainer=trainer, epoch=2, step_in_epoch=3, partial=partial[0], history=[], elapsed_s=1.0)
+    expected_rank0 = torch.rand(3)
+
+    checkpoint = load_checkpoint(run.checkpoint_path)
+    for rank, expected in ((0, expected_rank0), (1, expected_rank1)):
+        session = RunSession(_FakeWorld(rank), run, checkpoint, torch.device("cpu"))
+        assert session.partial == partial[rank] and (session.start_epoch, session.step_in_epoch) == (2, 3)
+        torch.manual_seed(99)
+        session.restore_training(trainer)
+        assert torch.equal(torch.rand(3), expected), rank
+        assert trainer.step == 5
+
+
 def fake_run(root, run_id, config_hash, status, checkpoint=True, started="2026-01-01T00:00:00", pid=None):
     folder = root / run_id
     folder.mkdir(parents=True)
