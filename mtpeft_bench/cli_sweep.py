@@ -63,9 +63,17 @@ def sweep(methods, datasets, seeds, tasks, preset, backbone, weights, epochs, ba
     points = expand(parse_list(datasets, "datasets"), parse_list(methods, "methods"), parse_seeds(seeds), preset,
                     options, parsed_sets, world_size=world)
     classify(points)
+    import os
+
+    main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 speaks for all
+
+    def echo(message: str) -> None:
+        if main_process:
+            click.echo(message, err=True)
+
     counts = {s: sum(p.state == s for p in points) for s in ("done", "resume", "new")}
-    click.echo(f"sweep: {len(points)} runs: {counts['done']} completed (skipped), {counts['resume']} to resume, "
-               f"{counts['new']} to start", err=True)
+    echo(f"sweep: {len(points)} runs: {counts['done']} completed (skipped), {counts['resume']} to resume, "
+         f"{counts['new']} to start")
 
     if print_commands:
         run_args = []
@@ -81,9 +89,8 @@ def sweep(methods, datasets, seeds, tasks, preset, backbone, weights, epochs, ba
                 click.echo(torchrun_command(point, run_args, nproc_per_node, nnodes))
         return
 
-    result = run_grid(points, lambda message: click.echo(message, err=True))
-    click.echo(f"sweep: {len(result.completed)} completed, {len(result.skipped)} skipped, "
-               f"{len(result.failed)} failed", err=True)
+    result = run_grid(points, echo)
+    echo(f"sweep: {len(result.completed)} completed, {len(result.skipped)} skipped, {len(result.failed)} failed")
     if result.failed:
         names = ", ".join(name for name, _ in result.failed)
         raise click.ClickException(f"{len(result.failed)} of {len(points)} runs failed ({names}); "

@@ -99,7 +99,7 @@ class EpochStats:
     seconds: float
     val: dict[str, dict[str, float]] | None = None
     complete: bool = True  # False: stopped on request inside the epoch (``steps`` taken so far)
-    sums: dict[str, float] = field(default_factory=dict)  # loss sums ("loss", tasks): exact resumption
+    sums: dict[str, Any] = field(default_factory=dict)  # {"total": Σ loss, "tasks": {t: Σ}}: exact resumption
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k not in ("complete", "sums")}
@@ -204,8 +204,8 @@ class Trainer:
         began = time.perf_counter()
         done = start.steps if start is not None else 0
         sums = start.sums if start is not None else {}
-        total = sums.get("loss", 0.0)
-        per_task = {t: sums.get(t, 0.0) for t in self.tasks}
+        total = sums.get("total", 0.0)
+        per_task = {t: sums.get("tasks", {}).get(t, 0.0) for t in self.tasks}
         steps = done
         complete = True
         n_batches = len(loader) if hasattr(loader, "__len__") else None
@@ -233,7 +233,7 @@ class Trainer:
         seconds = time.perf_counter() - began + (start.seconds if start is not None else 0.0)
         return EpochStats(epoch=epoch, loss=total / n, task_losses={t: v / n for t, v in per_task.items()},
                           lr=self.current_lr(), steps=steps, seconds=seconds, complete=complete,
-                          sums={"loss": total, **per_task})
+                          sums={"total": total, "tasks": dict(per_task)})
 
     def current_lr(self) -> float:
         return max(group["lr"] for group in self.optimizer.param_groups)

@@ -256,28 +256,30 @@ def run(cfg: RunConfig | None = None, /, *, resume: bool | str | None = None, **
     tasks = [s.name for s in resolved.task_specs]
     cfg_dict = {**cfg.to_dict(), "image_size": list(resolved.image_size), "tasks": tasks}
     full_hash = run_hash(cfg, resolved, ctx.world_size)
-    session = RunSession.open(ctx, cfg, cfg_dict, full_hash, runs, out, resume, device)
-    if not isinstance(session, RunSession):  # resume=True and this configuration is already done
+    plan = RunSession.plan(ctx, cfg, cfg_dict, full_hash, runs, out, resume)
+    if "completed" in plan:  # resume=True and this configuration is already done
         if ctx.is_main:
-            _echo(f"mtbench: already completed, nothing to do: {session.get('_path')}")
-        return session
+            _echo(f"mtbench: already completed, nothing to do: {plan['completed'].get('_path')}")
+        return plan["completed"]
     seed_everything(cfg.seed, cfg.deterministic)
 
     # The model first: a bad --weights must fail before any data is generated or read.
     backbone, weights = create_backbone(cfg.backbone, resolved.image_size, cfg.weights, cfg.drop_path)
     method = resolved.method_cls()
     model, backbone_ids = build_model(method, resolved.method_cfg, backbone, task_outputs_of(resolved.task_specs))
-    session.restore_model(model)
     model.to(device)
     root = resolved.dataset.resolve_root(resolved.data_root)
     train_loader, val_loader = make_loaders(resolved, root, device, distributed.sampler_factory(ctx, cfg.seed),
                                             lambda dataset: distributed.PerSampleSeed(dataset, cfg.seed))
+    steps_per_epoch = len(train_loader) if cfg.limit_train_batches is None else min(len(train_loader),
+                                                                                   cfg.limit_train_batches)
+    if steps_per_epoch == 0:
+        raise UserError(f"each of the {ctx.world_size} processes gets {len(train_loader.sampler)} training samples, "
+                        f"fewer than one batch of {cfg.batch_size}; lower --batch-size or use fewer processes")
     groups = parameter_groups(model, backbone_ids)
     summary = parameter_summary(groups)
     trained = distributed.wrap_model(model, ctx, device, cfg.sync_bn)
 
-    steps_per_epoch = len(train_loader) if cfg.limit_train_batches is None else min(len(train_loader),
-                                                                                   cfg.limit_train_batches)
     scale = cfg.lr_scale(ctx.world_size)
     schedule = Schedule(lr=cfg.base_lr * scale, warmup_lr=cfg.warmup_lr * scale, min_lr=cfg.min_lr * scale,
                         total_steps=steps_per_epoch * cfg.epochs,
@@ -286,6 +288,8 @@ def run(cfg: RunConfig | None = None, /, *, resume: bool | str | None = None, **
                       clip_grad=cfg.clip_grad, amp=cfg.amp, amp_dtype=cfg.amp_dtype, loss_weights=cfg.loss_weights,
                       progress=cfg.progress and ctx.is_main, agree=ctx.any if ctx.distributed else None)
     optimizer_count = sum(p.numel() for g in trainer.optimizer.param_groups for p in g["params"])
+    session = RunSession.begin(ctx, plan, device)  # from here on, the run folder records how the run ends
+    session.restore_model(model)
     session.restore_training(trainer)
 
     say = _echo if ctx.is_main else (lambda message: None)

@@ -21,7 +21,9 @@ batch (and therefore the configuration hash).
 
 from __future__ import annotations
 
+import os
 import secrets
+import socket
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -67,8 +69,11 @@ def new_run_id(config_hash: str, seed: int) -> str:
 class RunSession:
     """One process's view of the run: the folder, the checkpoint it resumes from, the saving.
 
-    Every process creates one (with :meth:`open`); only rank 0 writes files, the others take part in
-    the collective steps (deciding the run id, gathering RNG states).
+    Two steps: :meth:`plan` (before anything is built: new run, resume, or nothing to do; writes no
+    file) and :meth:`begin` (once the model is built, just before training: creates or takes over
+    the run folder and loads the checkpoint), so a run that fails while being set up leaves no run
+    folder. Every process takes both steps; only rank 0 writes files, the others take part in the
+    collective steps (the decision, gathering RNG states).
     """
 
     def __init__(self, ctx: DistContext, run_dir: RunDir, checkpoint: Checkpoint | None, device: torch.device):
@@ -92,10 +97,10 @@ class RunSession:
 
     # -- opening ------------------------------------------------------------------------------------
     @classmethod
-    def open(cls, ctx: DistContext, cfg: Any, cfg_dict: Mapping[str, Any], config_hash: str, root: Path, out: Path,
-             resume: bool | str | None, device: torch.device) -> "RunSession | dict[str, Any]":
-        """Decide (on rank 0) whether to start, resume or skip; returns a session, or the completed
-        record when ``resume=True`` finds the configuration already done.
+    def plan(cls, ctx: DistContext, cfg: Any, cfg_dict: Mapping[str, Any], config_hash: str, root: Path, out: Path,
+             resume: bool | str | None) -> dict[str, Any]:
+        """Decide (on rank 0, shared with all) what this run is: ``{"completed": record}`` when
+        ``resume=True`` finds the configuration done, else the run id, its state and whether it resumes.
 
         Raises:
             UserError: the run to resume does not exist, cannot be resumed, or has another configuration.
@@ -111,10 +116,14 @@ class RunSession:
         if error is not None:
             raise UserError(error)
         assert decision is not None
-        if "completed" in decision:
-            return decision["completed"]
-        run_dir = RunDir(root / decision["run_id"], dict(decision["state"]))
-        checkpoint = load_checkpoint(run_dir.checkpoint_path) if decision["resume"] else None
+        decision["root"] = str(root)
+        return decision
+
+    @classmethod
+    def begin(cls, ctx: DistContext, plan: Mapping[str, Any], device: torch.device) -> "RunSession":
+        """Load the checkpoint (when resuming) and mark the run folder ``running`` for this process."""
+        run_dir = RunDir(Path(plan["root"]) / plan["run_id"], dict(plan["state"]))
+        checkpoint = load_checkpoint(run_dir.checkpoint_path) if plan["resume"] else None
         if ctx.is_main:
             run_dir.path.mkdir(parents=True, exist_ok=True)
             run_dir.clean_temporaries()
@@ -125,9 +134,6 @@ class RunSession:
     @staticmethod
     def _decide(cfg: Any, cfg_dict: Mapping[str, Any], config_hash: str, root: Path, out: Path,
                 resume: bool | str | None, world_size: int) -> dict[str, Any]:
-        import os
-        import socket
-
         if resume is True:
             done = find_completed(out, config_hash)
             if done is not None:
@@ -159,7 +165,7 @@ class RunSession:
 
     # -- restoring ----------------------------------------------------------------------------------
     def restore_model(self, model: torch.nn.Module) -> None:
-        """Load the model weights (before DDP wrapping; the bare model)."""
+        """Load the model weights into the bare model (in place: a DDP wrapper around it sees them)."""
         if self.checkpoint is not None:
             restore_model(self.checkpoint, model)
 

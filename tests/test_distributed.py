@@ -428,3 +428,28 @@ def test_methods_with_parameters_without_gradient_declare_it_for_ddp(method_name
         assert getattr(model.encoder, "find_unused_parameters", False), (
             f"{method_name}: trainable parameters without gradient ({', '.join(unused[:5])}"
             f"{', ...' if len(unused) > 5 else ''}) but the encoder does not declare find_unused_parameters")
+
+
+def test_shards_smaller_than_a_batch_are_refused(tmp_path, monkeypatch, capsys):
+    """8 processes over 8 training images with batch 4 would train nothing; said before training."""
+    from dataclasses import dataclass
+
+    from mtpeft_bench import distributed
+    from mtpeft_bench.cli import main
+
+    @dataclass(frozen=True)
+    class EightProcesses(distributed.DistContext):  # rank 0 of 8, without a process group
+        def barrier(self):
+            pass
+
+        def broadcast(self, obj):
+            return obj
+
+    monkeypatch.setattr(distributed, "setup", lambda name, pick: (EightProcesses(0, 8), torch.device("cpu")))
+    monkeypatch.setattr(distributed, "wrap_model", lambda *a, **k: pytest.fail("must stop before DDP"))
+    with pytest.raises(SystemExit) as info:
+        main(["run", "--method", "full", "--preset", "smoke", "--tasks", "semseg", "--set", "data.num_train=8",
+              "--set", "data.num_val=4", "--batch-size", "4", "--no-progress", "--out", str(tmp_path / "results")])
+    assert info.value.code == 2
+    assert "each of the 8 processes gets 1 training samples, fewer than one batch of 4" in capsys.readouterr().err
+    assert not list((tmp_path / "runs").iterdir()), "a run that fails while being set up leaves no run folder"

@@ -184,7 +184,7 @@ def test_each_process_resumes_its_own_partial_epoch_and_rng(tmp_path):
     torch.manual_seed(1)
     rank1_rng = capture_rng()
     expected_rank1 = torch.rand(3)
-    partial = {0: {"sums": {"loss": 3.0}, "steps": 3}, 1: {"sums": {"loss": 4.5}, "steps": 3}}
+    partial = {0: {"sums": {"total": 3.0}, "steps": 3}, 1: {"sums": {"total": 4.5}, "steps": 3}}
     run = RunDir(tmp_path / "r", new_run_state("r", {"seed": 0}, "h", 2))
     run.path.mkdir()
     torch.manual_seed(0)
