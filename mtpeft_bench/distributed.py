@@ -23,6 +23,9 @@ the validation set without reducing it (DiTASK)):
   ``sync_bn=true`` normalises with the statistics of the global batch (torch's ``SyncBatchNorm`` on
   GPUs, :class:`CrossRankBatchNorm2d` on CPUs, where torch's has no kernels).
 - **LR**: scaled by the global batch ``batch_size × world_size / lr_reference_batch``.
+- **Randomness in the model** (drop path): every process builds the same initial model from the
+  run's seed, then seeds its training randomness from ``(seed, rank)`` (session.py; the reference
+  code seeds ``seed + rank``).
 - Only rank 0 prints, writes results and checkpoints.
 
 Note on "the same global batch": the per-task losses are means over a process's valid pixels and
