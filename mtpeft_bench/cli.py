@@ -22,6 +22,8 @@ Examples:
   mtbench run --method full --dataset synth --tasks depth --preset smoke   # a single-task baseline
   mtbench run --method decoder_only --dataset synth --preset smoke --seed 1
   mtbench run --method full --dataset nyud --data-root ~/data --set epochs=100 --set base_lr=1e-3
+  mtbench run --method full --dataset synth --preset smoke --resume        # continue an interrupted run
+  torchrun --nproc_per_node 2 -m mtpeft_bench run --method full --preset smoke   # 2 processes (DDP)
 """
 
 
@@ -81,16 +83,27 @@ def _apply(options):
 @click.option("--device", default=None, help="auto | cpu | cuda | cuda:N (default auto).")
 @click.option("--tag", default=None, help="A label stored with the result and shown by compare.")
 @click.option("--no-progress", is_flag=True, help="No progress bars (for log files).")
+@click.option("--resume", is_flag=False, flag_value="latest", default=None, metavar="[RUN_ID]",
+              help="Continue the newest interrupted run of this configuration (or RUN_ID); starts one if there is "
+                   "none; does nothing if it already completed. Checkpoints live in runs/ beside --out.")
 def run(method, dataset, tasks, preset, backbone, weights, sets, seed, epochs, batch_size, data_root, out, device,
-        tag, no_progress):
-    """Train and evaluate one method on one dataset; write one result JSON."""
+        tag, no_progress, resume):
+    """Train and evaluate one method on one dataset; write one result JSON.
+
+    Under torchrun every process runs this command with the same options (--batch-size is per
+    process; the LR follows the global batch); rank 0 writes the result and the checkpoints.
+    """
     options = dict(method=method, tasks=_split_tasks(tasks), backbone=backbone, weights=weights, seed=seed,
                    epochs=epochs, batch_size=batch_size, data_root=data_root, out=out, device=device, tag=tag,
                    progress=False if no_progress else None)
     cfg = _resolve_cfg(dataset, preset, options, sets)
+    from mtpeft_bench.failures import RunFailed
     from mtpeft_bench.runner import run as run_one
 
-    run_one(cfg)
+    try:
+        run_one(cfg, resume=True if resume == "latest" else resume)
+    except RunFailed as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @cli.command()
@@ -232,8 +245,10 @@ def data_show(dataset, out, count, split, tasks, data_root, sets):
 
 
 from mtpeft_bench import cli_data  # noqa: E402  (prepare / verify of the real datasets)
+from mtpeft_bench.cli_sweep import sweep  # noqa: E402  (a command in its own module)
 
 cli_data.register(data)
+cli.add_command(sweep)
 
 
 def _one_line(text: str) -> str:

@@ -62,6 +62,10 @@ class RunConfig:
     num_workers: int = 4
     deterministic: bool = False
     progress: bool = True
+    # several processes, checkpoints (distributed.py, checkpoint.py)
+    sync_bn: bool = False  # BatchNorm over the global batch under torchrun (reference: per process)
+    checkpoint_every: int = 1  # epochs between checkpoints; 0: only when stopped by Ctrl-C/SIGTERM
+    runs_dir: str | None = None  # run folders (checkpoints, state); None: runs/ beside the results folder
     # data and output
     data_root: str | None = None
     out: str = "results"
@@ -98,7 +102,7 @@ PRESET_HELP = {
 }
 
 # Fields that do not change what a run computes: left out of the config hash.
-_NOT_HASHED = {"out", "tag", "data_root", "device", "num_workers", "progress"}
+_NOT_HASHED = {"out", "tag", "data_root", "device", "num_workers", "progress", "checkpoint_every", "runs_dir"}
 
 
 def _field_types() -> dict[str, Any]:
@@ -264,6 +268,8 @@ def validate(cfg: RunConfig) -> None:
         raise UserError(f"eval_every must be >= 0, got {cfg.eval_every}")
     if cfg.num_workers < 0:
         raise UserError(f"num_workers must be >= 0, got {cfg.num_workers}")
+    if cfg.checkpoint_every < 0:
+        raise UserError(f"checkpoint_every must be >= 0 (0: no periodic checkpoints), got {cfg.checkpoint_every}")
     if cfg.image_size is not None and min(cfg.image_size) < 32:
         raise UserError(f"image_size must be at least 32 px per side, got {cfg.image_size}")
     for name in ("limit_train_batches", "limit_eval_batches"):

@@ -98,9 +98,11 @@ class EpochStats:
     steps: int
     seconds: float
     val: dict[str, dict[str, float]] | None = None
+    complete: bool = True  # False: stopped on request inside the epoch (``steps`` taken so far)
+    sums: dict[str, Any] = field(default_factory=dict)  # {"total": Σ loss, "tasks": {t: Σ}}: exact resumption
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items()}
+        return {k: v for k, v in self.__dict__.items() if k not in ("complete", "sums")}
 
 
 @dataclass
@@ -115,6 +117,11 @@ class Trainer:
         weight_decay, clip_grad, amp, amp_dtype: see :class:`~mtpeft_bench.config.RunConfig`.
         loss_weights: per-task overrides of ``TaskSpec.loss_weight``.
         progress: show tqdm bars.
+        agree: element-wise OR of flags over all processes (DDP); every step agrees on "stop" and
+            on which losses are non-finite, so all processes stop or fail at the same step.
+        stop_requested: returns True once a stop was asked for (Ctrl-C); checked every step, acted on
+            after the step completes (so the forward pass's side effects, e.g. BatchNorm statistics,
+            belong to a step that counts).
     """
 
     model: nn.Module
@@ -129,6 +136,9 @@ class Trainer:
     progress: bool = True
     step: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
+    agree: Callable[[Sequence[bool]], list[bool]] | None = None
+    stop_requested: Callable[[], bool] | None = None
+    stopping: bool = False  # every process agreed to stop after the current step
 
     def __post_init__(self) -> None:
         self.optimizer, self.scheduler = make_optimizer(self.model, self.schedule, self.weight_decay)
@@ -137,7 +147,8 @@ class Trainer:
         # Skip the first steps (allocator and kernel warm-up), but keep some timed steps in short runs.
         self.train_throughput = Throughput(self.device, warmup=min(5, self.schedule.total_steps // 2))
         self.tasks = [s.name for s in self.task_specs]
-        self.encoder = getattr(self.model, "encoder", self.model)
+        bare = getattr(self.model, "module", self.model)  # inside a DDP wrapper
+        self.encoder = getattr(bare, "encoder", bare)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
 
     def _loss(self, outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]):
@@ -157,11 +168,7 @@ class Trainer:
             with _autocast(self.device, self.amp, self.amp_dtype):
                 outputs = self.model(images)
             total, per_task = self._loss(outputs, targets)
-            if not torch.isfinite(total):
-                bad = [t for t, v in per_task.items() if not torch.isfinite(v)]
-                where = f"in the loss of task {', '.join(bad)}" if bad else "in the method's extra loss"
-                raise TrainingDiverged(f"the loss became {total.item()} at step {self.step} {where}; "
-                                       "lower the learning rate (--set base_lr=...) or disable AMP (--set amp=false)")
+            self.stopping = self._check(total, per_task)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(total).backward()
             if self.clip_grad:
@@ -173,16 +180,38 @@ class Trainer:
         self.scheduler.step_update(self.step)
         return total.item(), {t: v.item() for t, v in per_task.items()}
 
-    def train_epoch(self, loader: Iterable, epoch: int, epochs: int, limit: int | None = None) -> EpochStats:
+    def _check(self, total: torch.Tensor, per_task: dict[str, torch.Tensor]) -> bool:
+        """Agree with the other processes on non-finite losses (raise) and on stopping after this step
+        (returned); one sync per step."""
+        finite = torch.stack([torch.isfinite(total.detach())]
+                             + [torch.isfinite(v.detach()) for v in per_task.values()]).tolist()
+        flags = [bool(self.stop_requested and self.stop_requested()), *(not f for f in finite)]
+        if self.agree is not None:
+            flags = self.agree(flags)
+        stop, total_bad, task_bad = flags[0], flags[1], flags[2:]
+        if total_bad or any(task_bad):
+            bad = [t for t, b in zip(per_task, task_bad) if b]
+            where = f"in the loss of task {', '.join(bad)}" if bad else "in the method's extra loss"
+            raise TrainingDiverged(f"the loss became non-finite (nan or inf) at step {self.step} {where}; "
+                                   "lower the learning rate (--set base_lr=...) or disable AMP (--set amp=false)")
+        return stop
+
+    def train_epoch(self, loader: Iterable, epoch: int, epochs: int, limit: int | None = None,
+                    start: EpochStats | None = None) -> EpochStats:
+        """Train one epoch (or its rest: ``start`` holds the stats of the steps already taken, and the
+        loader yields only the remaining batches). Returns ``complete=False`` when a stop was requested."""
         self.model.train()
-        start = time.perf_counter()
-        total = 0.0
-        per_task = {t: 0.0 for t in self.tasks}
-        steps = 0
+        began = time.perf_counter()
+        done = start.steps if start is not None else 0
+        sums = start.sums if start is not None else {}
+        total = sums.get("total", 0.0)
+        per_task = {t: sums.get("tasks", {}).get(t, 0.0) for t in self.tasks}
+        steps = done
+        complete = True
         n_batches = len(loader) if hasattr(loader, "__len__") else None
         if limit is not None and n_batches is not None:
             n_batches = min(n_batches, limit)
-        bar = tqdm(loader, total=n_batches, desc=f"epoch {epoch}/{epochs}", disable=not self.progress,
+        bar = tqdm(loader, total=n_batches, initial=done, desc=f"epoch {epoch}/{epochs}", disable=not self.progress,
                    leave=False, dynamic_ncols=True, unit="batch")
         for batch in bar:
             if limit is not None and steps >= limit:
@@ -196,10 +225,15 @@ class Trainer:
             rate = self.train_throughput.last_rate
             bar.set_postfix(loss=f"{loss:.3f}", lr=f"{self.current_lr():.2e}",
                             **({"img/s": f"{rate:.1f}"} if rate else {}))
+            if self.stopping:
+                complete = False
+                break
         bar.close()
-        steps = max(steps, 1)
-        return EpochStats(epoch=epoch, loss=total / steps, task_losses={t: v / steps for t, v in per_task.items()},
-                          lr=self.current_lr(), steps=steps, seconds=time.perf_counter() - start)
+        n = max(steps, 1)
+        seconds = time.perf_counter() - began + (start.seconds if start is not None else 0.0)
+        return EpochStats(epoch=epoch, loss=total / n, task_losses={t: v / n for t, v in per_task.items()},
+                          lr=self.current_lr(), steps=steps, seconds=seconds, complete=complete,
+                          sums={"total": total, "tasks": dict(per_task)})
 
     def current_lr(self) -> float:
         return max(group["lr"] for group in self.optimizer.param_groups)

@@ -7,7 +7,6 @@ measure → write the result record.
 from __future__ import annotations
 
 import datetime as _dt
-import math
 import os
 import platform
 import random
@@ -69,7 +68,16 @@ def _plain(obj: Any) -> dict[str, Any]:
     return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)} if dataclasses.is_dataclass(obj) else {}
 
 
-def recipe_key(resolved: ResolvedRun, weights: Mapping[str, Any]) -> str:
+def run_hash(cfg: RunConfig, resolved: ResolvedRun, world_size: int = 1) -> str:
+    """The ``config_hash`` of a run: its configuration, plugin options and (above 1) the number of
+    processes, which sets the global batch."""
+    extra: dict[str, Any] = {"method": _plain(resolved.method_cfg), "data": _plain(resolved.dataset.config)}
+    if world_size > 1:
+        extra["world_size"] = world_size
+    return config_hash(cfg, extra=extra)
+
+
+def recipe_key(resolved: ResolvedRun, weights: Mapping[str, Any], world_size: int = 1) -> str:
     """Hash of what a single-task baseline must share with a run for Δm to be meaningful."""
     cfg = resolved.cfg
     recipe = {
@@ -80,6 +88,8 @@ def recipe_key(resolved: ResolvedRun, weights: Mapping[str, Any]) -> str:
         "weight_decay": cfg.weight_decay, "clip_grad": cfg.clip_grad, "amp": cfg.amp, "drop_path": cfg.drop_path,
         "loss_weights": cfg.loss_weights, "limits": [cfg.limit_train_batches, cfg.limit_eval_batches],
     }
+    if world_size > 1:
+        recipe["world_size"] = world_size
     return config_hash(RunConfig(), extra=recipe)
 
 
@@ -105,15 +115,19 @@ def _worker_init(worker_id: int) -> None:
     random.seed(seed)
 
 
-def make_loaders(resolved: ResolvedRun, root: Path | None, device: Any, sampler_factory: Callable | None = None):
+def make_loaders(resolved: ResolvedRun, root: Path | None, device: Any, sampler_factory: Callable | None = None,
+                 train_wrapper: Callable | None = None):
     """Train and validation DataLoaders (the train one shuffles with a seeded generator, drops the last
-    partial batch as the reference code does)."""
+    partial batch as the reference code does). ``sampler_factory(dataset, train)`` may supply the
+    samplers (distributed.py) and ``train_wrapper(dataset)`` wrap the training set."""
     import torch
     from torch.utils.data import DataLoader
 
     cfg = resolved.cfg
     train_set = resolved.dataset.build("train", resolved.task_specs, resolved.image_size, root, train=True)
     val_set = resolved.dataset.build("val", resolved.task_specs, resolved.image_size, root, train=False)
+    if train_wrapper is not None:
+        train_set = train_wrapper(train_set)
     if len(train_set) < cfg.batch_size:
         raise UserError(f"the train split has {len(train_set)} samples, fewer than one batch of {cfg.batch_size}; "
                         "lower --set batch_size=...")
@@ -145,15 +159,15 @@ def pick_device(name: str):
     return device
 
 
-def check_writable(out: Path) -> None:
-    """Fail before training, not after, when results cannot be written."""
+def check_writable(out: Path, what: str = "results", fix: str = "choose another folder with --out") -> None:
+    """Fail before training, not after, when results (or checkpoints) cannot be written."""
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{secrets.token_hex(4)}"
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
-        raise UserError(f"cannot write results to {out}: {exc.strerror or exc}; choose another folder with --out") from None
+        raise UserError(f"cannot write {what} to {out}: {exc.strerror or exc}; {fix}") from None
 
 
 def git_state() -> dict[str, Any]:
@@ -204,29 +218,50 @@ def format_metrics(specs, metrics: Mapping[str, Mapping[str, float]]) -> str:
     return tabulate(rows, headers=["task", "metric", "value", "unit"], tablefmt="simple")
 
 
-def run(cfg: RunConfig | None = None, /, **options: Any) -> dict[str, Any]:
+def run(cfg: RunConfig | None = None, /, *, resume: bool | str | None = None, **options: Any) -> dict[str, Any]:
     """Train and evaluate one method on one dataset; write and return the result record.
 
     Call as ``run(RunConfig(...))`` or ``run(method="ditask", dataset="synth", preset="smoke",
-    **overrides)`` (keyword overrides use the same keys as ``--set``).
-    """
-    import torch
+    **overrides)`` (keyword overrides use the same keys as ``--set``). Under ``torchrun`` every
+    process calls it; rank 0 writes. ``resume``: None (a new run), True (continue this
+    configuration: resume its newest interrupted run, or return its completed record, or start
+    one) or a run id (see :mod:`mtpeft_bench.session`).
 
+    Raises:
+        UserError: bad input, found before training where possible.
+        RunFailed: the loss diverged or memory ran out (the last checkpoint is kept).
+        RunCancelled: stopped by Ctrl-C/SIGTERM after saving a checkpoint (a ``KeyboardInterrupt``).
+    """
+    from mtpeft_bench import distributed
     from mtpeft_bench.backbone import create_backbone
     from mtpeft_bench.baselines import compute_delta
-    from mtpeft_bench.engine import Schedule, Trainer, evaluate
-    from mtpeft_bench.measure import parameter_groups, parameter_summary, peak_memory_mb, reset_peak_memory
+    from mtpeft_bench.checkpoint import runs_root
+    from mtpeft_bench.engine import Schedule, Trainer
+    from mtpeft_bench.loop import EpochLoop
+    from mtpeft_bench.measure import parameter_groups, parameter_summary
     from mtpeft_bench.model import build_model, task_outputs_of
     from mtpeft_bench.results import SCHEMA_VERSION, read_records, write_record
+    from mtpeft_bench.session import RunSession
 
     if cfg is None:
         preset = options.pop("preset", None)
         cfg = resolve(preset, {}, options)
     started = time.time()
     resolved = prepare(cfg)
+    ctx, device = distributed.setup(cfg.device, pick_device)
     out = Path(cfg.out).expanduser()
-    check_writable(out)
-    device = pick_device(cfg.device)
+    runs = runs_root(cfg)
+    if ctx.is_main:
+        check_writable(out)
+        check_writable(runs, "checkpoints", "choose another folder with --set runs_dir=...")
+    tasks = [s.name for s in resolved.task_specs]
+    cfg_dict = {**cfg.to_dict(), "image_size": list(resolved.image_size), "tasks": tasks}
+    full_hash = run_hash(cfg, resolved, ctx.world_size)
+    plan = RunSession.plan(ctx, cfg, cfg_dict, full_hash, runs, out, resume)
+    if "completed" in plan:  # resume=True and this configuration is already done
+        if ctx.is_main:
+            _echo(f"mtbench: already completed, nothing to do: {plan['completed'].get('_path')}")
+        return plan["completed"]
     seed_everything(cfg.seed, cfg.deterministic)
 
     # The model first: a bad --weights must fail before any data is generated or read.
@@ -235,89 +270,93 @@ def run(cfg: RunConfig | None = None, /, **options: Any) -> dict[str, Any]:
     model, backbone_ids = build_model(method, resolved.method_cfg, backbone, task_outputs_of(resolved.task_specs))
     model.to(device)
     root = resolved.dataset.resolve_root(resolved.data_root)
-    train_loader, val_loader = make_loaders(resolved, root, device)
-    groups = parameter_groups(model, backbone_ids)
-    summary = parameter_summary(groups)
-
+    train_loader, val_loader = make_loaders(resolved, root, device, distributed.sampler_factory(ctx, cfg.seed),
+                                            lambda dataset: distributed.PerSampleSeed(dataset, cfg.seed))
     steps_per_epoch = len(train_loader) if cfg.limit_train_batches is None else min(len(train_loader),
                                                                                    cfg.limit_train_batches)
-    scale = cfg.lr_scale()
+    if steps_per_epoch == 0:
+        raise UserError(f"each of the {ctx.world_size} processes gets {len(train_loader.sampler)} training samples, "
+                        f"fewer than one batch of {cfg.batch_size}; lower --batch-size or use fewer processes")
+    groups = parameter_groups(model, backbone_ids)
+    summary = parameter_summary(groups)
+    trained = distributed.wrap_model(model, ctx, device, cfg.sync_bn)
+
+    scale = cfg.lr_scale(ctx.world_size)
     schedule = Schedule(lr=cfg.base_lr * scale, warmup_lr=cfg.warmup_lr * scale, min_lr=cfg.min_lr * scale,
                         total_steps=steps_per_epoch * cfg.epochs,
                         warmup_steps=int(round(cfg.warmup_epochs * steps_per_epoch)))
-    trainer = Trainer(model, resolved.task_specs, device, schedule, weight_decay=cfg.weight_decay,
+    trainer = Trainer(trained, resolved.task_specs, device, schedule, weight_decay=cfg.weight_decay,
                       clip_grad=cfg.clip_grad, amp=cfg.amp, amp_dtype=cfg.amp_dtype, loss_weights=cfg.loss_weights,
-                      progress=cfg.progress)
+                      progress=cfg.progress and ctx.is_main, agree=ctx.any if ctx.distributed else None)
     optimizer_count = sum(p.numel() for g in trainer.optimizer.param_groups for p in g["params"])
+    session = RunSession.begin(ctx, plan, device)  # from here on, the run folder records how the run ends
+    session.restore_model(model)
+    session.restore_training(trainer)
 
-    tasks = [s.name for s in resolved.task_specs]
-    _echo(f"mtbench: {cfg.method} on {cfg.dataset} [{', '.join(tasks)}] · preset {cfg.preset} · seed {cfg.seed} · "
-          f"{device} · backbone {cfg.backbone} ({weights['source']} weights) · {resolved.image_size[0]}x"
-          f"{resolved.image_size[1]} px")
-    _echo(f"mtbench: trainable {summary['total_trainable']:,} params (method {summary['method']:,}, "
-          f"backbone {summary['backbone_trainable']:,}, decoder {summary['decoder']:,}) of {summary['total']:,}; "
-          f"{len(train_loader.dataset)} train / {len(val_loader.dataset)} val images; {cfg.epochs} epochs × "
-          f"{steps_per_epoch} steps; lr {schedule.lr:.3g} (base {cfg.base_lr:.3g} × {cfg.batch_size}/"
-          f"{cfg.lr_reference_batch})")
+    say = _echo if ctx.is_main else (lambda message: None)
+    say(f"mtbench: {cfg.method} on {cfg.dataset} [{', '.join(tasks)}] · preset {cfg.preset} · seed {cfg.seed} · "
+        f"{device}{f' × {ctx.world_size} processes ({ctx.backend})' if ctx.distributed else ''} · backbone "
+        f"{cfg.backbone} ({weights['source']} weights) · {resolved.image_size[0]}x{resolved.image_size[1]} px · "
+        f"run {session.run_id}")
+    say(f"mtbench: trainable {summary['total_trainable']:,} params (method {summary['method']:,}, "
+        f"backbone {summary['backbone_trainable']:,}, decoder {summary['decoder']:,}) of {summary['total']:,}; "
+        f"{len(train_loader.dataset)} train / {len(val_loader.dataset)} val images; {cfg.epochs} epochs × "
+        f"{steps_per_epoch} steps; lr {schedule.lr:.3g} (base {cfg.base_lr:.3g} × {cfg.batch_size}"
+        f"{f'×{ctx.world_size}' if ctx.distributed else ''}/{cfg.lr_reference_batch})")
+    if session.resumed_from is not None:
+        say(f"mtbench: resuming run {session.run_id} at epoch {session.start_epoch}, step {session.step_in_epoch}")
 
-    reset_peak_memory(device)
-    history = []
-    for epoch in range(1, cfg.epochs + 1):
-        stats = trainer.train_epoch(train_loader, epoch, cfg.epochs, limit=cfg.limit_train_batches)
-        entry = stats.to_dict()
-        last = epoch == cfg.epochs
-        if cfg.eval_every and epoch % cfg.eval_every == 0 and not last:
-            entry["val"], _ = evaluate(model, val_loader, resolved.task_specs, device, cfg.amp, cfg.amp_dtype,
-                                       cfg.limit_eval_batches, cfg.progress, skip_expensive=True)
-        history.append(entry)
-        rate = trainer.train_throughput.last_rate
-        _echo(f"epoch {epoch}/{cfg.epochs}: loss {stats.loss:.4f} · lr {stats.lr:.3g} · {stats.seconds:.1f} s"
-              + (f" · {rate:.1f} img/s" if rate else "")
-              + (" · val " + ", ".join(f"{s.name} {entry['val'][s.name].get(s.primary.name, math.nan):.3f}"
-                                        for s in resolved.task_specs) if entry.get("val") else ""))
-    train_peak, memory_kind = peak_memory_mb(device)
+    loop = EpochLoop(cfg, resolved, ctx, device, model, trainer, train_loader, val_loader, session)
+    metrics, infer, train_peak, memory_kind, peak = loop.run(say)
 
-    metrics, infer = evaluate(model, val_loader, resolved.task_specs, device, cfg.amp, cfg.amp_dtype,
-                              cfg.limit_eval_batches, cfg.progress)
-    if history:
-        history[-1]["val"] = metrics
-    peak, _ = peak_memory_mb(device)
-
+    train_rate = _global_rate(ctx, trainer.train_throughput.last_rate)
+    infer_rate = _global_rate(ctx, infer.last_rate)
+    if not ctx.is_main:
+        ctx.barrier()  # rank 0 writes the record
+        return {}
+    history = loop.history
     encoder = model.encoder
     method_info = dict(encoder.method_info()) if callable(getattr(encoder, "method_info", None)) else {}
-    full_hash = config_hash(cfg, extra={"method": _plain(resolved.method_cfg), "data": _plain(resolved.dataset.config)})
     stamp = _dt.datetime.now(_dt.timezone.utc)
     record: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
-        "run_id": f"{stamp.strftime('%Y%m%d-%H%M%S')}-{full_hash[:8]}-s{cfg.seed}-{secrets.token_hex(2)}",
+        "run_id": session.run_id,
         "status": "completed",
         "created": stamp.isoformat(timespec="seconds"),
-        "wall_time_s": round(time.time() - started, 2),
+        "wall_time_s": round(session.elapsed_before + time.time() - started, 2),
         "method": cfg.method, "dataset": cfg.dataset, "dataset_version": resolved.dataset.version,
         "tasks": tasks, "seed": cfg.seed, "preset": cfg.preset, "tag": cfg.tag,
-        "config": {**cfg.to_dict(), "image_size": list(resolved.image_size), "tasks": tasks},
+        "config": cfg_dict,
         "method_config": _plain(resolved.method_cfg), "data_config": _plain(resolved.dataset.config),
-        "config_hash": full_hash, "recipe_key": recipe_key(resolved, weights),
+        "config_hash": full_hash, "recipe_key": recipe_key(resolved, weights, ctx.world_size),
         "task_specs": task_specs_record(resolved.task_specs),
         "metrics": metrics,
         "params": {"groups": groups, "summary": summary, "optimizer": optimizer_count},
         "efficiency": {
             "peak_memory_mb": round(peak, 1), "train_peak_memory_mb": round(train_peak, 1), "memory_kind": memory_kind,
-            "train_images_per_s": trainer.train_throughput.last_rate,
-            "inference_images_per_s": infer.last_rate,
+            "train_images_per_s": train_rate,
+            "inference_images_per_s": infer_rate,
             "batch_size": cfg.batch_size, "eval_batch_size": val_loader.batch_size,
+            "global_batch_size": cfg.batch_size * ctx.world_size,
             "timing": "model compute only (forward+backward+step for training, forward for inference), "
-                      "after warm-up steps, CUDA-synchronised",
+                      "after warm-up steps, CUDA-synchronised"
+                      + ("; summed over processes; peak memory of rank 0" if ctx.distributed else ""),
         },
         "weights": weights,
         "method_info": method_info,
         "history": history,
+        "execution": {
+            "world_size": ctx.world_size, "backend": ctx.backend, "sync_bn": bool(cfg.sync_bn and ctx.distributed),
+            "sessions": session.sessions, "resumed_from": session.resumed_from, "run_dir": str(session.run_dir.path),
+        },
         "environment": environment(device),
     }
     others = read_records(out)
     record["delta_m"] = compute_delta(record, [*others, record])
     path = write_record(out, record)
     record["_path"] = str(path)
+    session.mark("completed", result=str(path))
+    ctx.barrier()
 
     _echo("")
     print(format_metrics(resolved.task_specs, metrics))
@@ -330,3 +369,10 @@ def run(cfg: RunConfig | None = None, /, **options: Any) -> dict[str, Any]:
           f"train {record['efficiency']['train_images_per_s'] or 0:.1f} img/s · wall {record['wall_time_s']:.0f} s")
     print(f"result: {path}")
     return record
+
+
+def _global_rate(ctx: Any, rate: float | None) -> float | None:
+    """Images/s of all processes together (None if any process timed nothing)."""
+    if ctx.any([rate is None])[0]:
+        return None
+    return ctx.sum(rate)

@@ -1,0 +1,109 @@
+"""How a run ends when it does not complete: stop requests, divergence, out-of-memory.
+
+- **Ctrl-C / SIGTERM** (:class:`StopOnSignal`): the first signal asks the run to stop; every
+  process agrees at the next training step, a checkpoint of that exact point is saved, the run is
+  marked ``cancelled`` and :class:`RunCancelled` is raised (exit status 130). A second signal,
+  at least ``grace_s`` later, interrupts at once (``KeyboardInterrupt``; the last periodic checkpoint
+  is kept). The grace period matters under torchrun, which forwards a signal the workers may also
+  have received from the terminal.
+- **NaN / infinite loss** (``engine.TrainingDiverged``) and **CUDA out of memory**: the run is
+  marked ``failed`` with the message, its last good checkpoint is kept, and :class:`RunFailed`
+  carries one line (exit status 1); for out-of-memory the line says what to change.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+
+class RunFailed(Exception):
+    """A run stopped on an error that is not bad input (divergence, out of memory); one line."""
+
+    exit_code = 1
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
+
+
+class RunCancelled(KeyboardInterrupt):
+    """A run stopped on request (Ctrl-C, SIGTERM) after saving a checkpoint."""
+
+    def __init__(self, message: str, run_id: str | None = None):
+        super().__init__(message)
+        self.run_id = run_id
+
+
+class StopOnSignal:
+    """Context manager: SIGINT/SIGTERM set :attr:`requested` instead of interrupting.
+
+    Installed only in the main thread (Python delivers signals there); elsewhere it does nothing
+    and Ctrl-C raises ``KeyboardInterrupt`` as usual.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, grace_s: float = 3.0, announce: bool = True):
+        self.grace_s = grace_s
+        self.announce = announce
+        self.requested = False
+        self.first_at: float | None = None
+        self.signal_name: str | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        now = time.monotonic()
+        if not self.requested:
+            self.requested = True
+            self.first_at = now
+            self.signal_name = signal.Signals(signum).name
+            if self.announce:
+                print(f"\nmtbench: {self.signal_name} received: stopping after the current step and saving a "
+                      "checkpoint (press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+            return
+        if self.first_at is not None and now - self.first_at >= self.grace_s:
+            raise KeyboardInterrupt
+
+    def __enter__(self) -> "StopOnSignal":
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A CUDA (or other accelerator) out-of-memory error."""
+    import torch
+
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom is not None and isinstance(exc, oom):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def oom_advice(cfg: Any, image_size: tuple[int, int], phase: str, world_size: int = 1) -> str:
+    """One line of concrete changes for an out-of-memory error during ``phase`` (train or eval)."""
+    tips = []
+    if phase == "eval":
+        current = cfg.eval_batch_size or cfg.batch_size
+        tips.append(f"--set eval_batch_size={max(1, current // 2)}")
+    else:
+        half = max(1, cfg.batch_size // 2)
+        tips.append(f"--batch-size {half} (the LR follows the global batch; keep it with twice the processes "
+                    f"via torchrun --nproc_per_node {2 * world_size})" if half < cfg.batch_size
+                    else "a smaller model or more GPU memory (batch size is already 1)")
+    if not cfg.amp:
+        tips.append("--set amp=true (float16/bfloat16 activations)")
+    h, w = image_size
+    tips.append(f"--set image_size={max(32, h * 3 // 4)},{max(32, w * 3 // 4)} (now {h}x{w})")
+    where = "training" if phase == "train" else "evaluation"
+    return (f"CUDA ran out of memory during {where} (batch {cfg.batch_size} per process, {h}x{w} px, "
+            f"AMP {'on' if cfg.amp else 'off'}); try: " + "; ".join(tips))

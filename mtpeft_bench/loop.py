@@ -1,0 +1,131 @@
+"""The epochs of one run (or of its rest, when resumed): train, evaluate periodically, write
+checkpoints, and end cleanly when stopped (Ctrl-C/SIGTERM), when the loss diverges or when memory
+runs out (failures.py). The runner builds everything; the engine takes the steps.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from mtpeft_bench.distributed import DistContext, set_epoch
+from mtpeft_bench.engine import EpochStats, Trainer, TrainingDiverged, evaluate
+from mtpeft_bench.failures import RunCancelled, RunFailed, StopOnSignal, is_out_of_memory, oom_advice
+from mtpeft_bench.measure import Throughput, peak_memory_mb, reset_peak_memory
+from mtpeft_bench.session import RunSession
+
+
+class EpochLoop:
+    """Runs epochs ``session.start_epoch … cfg.epochs`` and the final evaluation.
+
+    Args:
+        cfg: the run configuration; resolved: the runner's ``ResolvedRun``.
+        ctx: this process's place in the run; device: where it computes.
+        model: the bare model (evaluated without the DDP wrapper, whose forward would need every
+            process to run the same number of batches); trainer: holds the (wrapped) model and the
+            optimisation state.
+        session: the run folder and the checkpoint to start from.
+    """
+
+    def __init__(self, cfg: Any, resolved: Any, ctx: DistContext, device: torch.device, model: nn.Module,
+                 trainer: Trainer, train_loader: Any, val_loader: Any, session: RunSession):
+        self.cfg, self.resolved, self.ctx, self.device = cfg, resolved, ctx, device
+        self.model, self.trainer, self.session = model, trainer, session
+        self.train_loader, self.val_loader = train_loader, val_loader
+        self.history = session.history
+        self.started = time.time()
+
+    def elapsed(self) -> float:
+        """Training wall time of the run so far, over all its sessions."""
+        return self.session.elapsed_before + time.time() - self.started
+
+    def evaluate(self, periodic: bool = False) -> tuple[dict[str, dict[str, float]], Throughput]:
+        """Evaluate on the validation split; ``periodic`` (during training) skips expensive metrics."""
+        cfg = self.cfg
+        return evaluate(self.model, self.val_loader, self.resolved.task_specs, self.device, cfg.amp, cfg.amp_dtype,
+                        cfg.limit_eval_batches, cfg.progress and self.ctx.is_main,
+                        reduce=lambda meter: meter.all_reduce(), skip_expensive=periodic)
+
+    def save(self, epoch: int, step_in_epoch: int, partial: dict[str, Any] | None = None) -> None:
+        self.session.save(model=self.model, trainer=self.trainer, epoch=epoch, step_in_epoch=step_in_epoch,
+                          partial=partial, history=self.history, elapsed_s=self.elapsed())
+
+    def run(self, say: Callable[[str], None]):
+        """Train and evaluate; returns ``(metrics, inference throughput, train peak MB, memory kind, peak MB)``.
+
+        Raises:
+            RunCancelled: stopped on request; a checkpoint of the exact step was saved.
+            RunFailed: non-finite loss or out of memory; the last checkpoint is kept.
+        """
+        session, trainer = self.session, self.trainer
+        self.phase = "train"
+        stop = StopOnSignal(announce=self.ctx.is_main)
+        trainer.stop_requested = lambda: stop.requested
+        reset_peak_memory(self.device)
+        try:
+            with stop:
+                for epoch in range(session.start_epoch, self.cfg.epochs + 1):
+                    self._epoch(epoch, say, stop)
+                train_peak, memory_kind = peak_memory_mb(self.device)
+                self.phase = "eval"
+                metrics, infer = self.evaluate()
+                if self.history:
+                    self.history[-1]["val"] = metrics
+                peak, _ = peak_memory_mb(self.device)
+        except TrainingDiverged as exc:
+            session.mark("failed", str(exc))
+            kept = "its last checkpoint is kept" if session.run_dir.has_checkpoint() else "no checkpoint was written"
+            raise RunFailed(f"{exc} (run {session.run_id} stopped; {kept} in {session.run_dir.path})") from None
+        except RunCancelled:
+            raise
+        except KeyboardInterrupt:
+            session.mark("cancelled", "interrupted at once (second Ctrl-C); the last periodic checkpoint is kept")
+            raise
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                session.mark("failed", f"{type(exc).__name__}: {exc}")
+                raise
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            advice = oom_advice(self.cfg, self.resolved.image_size, self.phase, self.ctx.world_size)
+            session.mark("failed", advice)
+            raise RunFailed(advice) from None
+        return metrics, infer, train_peak, memory_kind, peak
+
+    def _epoch(self, epoch: int, say: Callable[[str], None], stop: StopOnSignal) -> None:
+        cfg, session = self.cfg, self.session
+        start = None
+        if epoch == session.start_epoch and session.partial:
+            start = EpochStats(**session.partial)  # resuming inside this epoch
+        set_epoch(self.train_loader, epoch, start.steps if start else 0)
+        self.phase = "train"
+        stats = self.trainer.train_epoch(self.train_loader, epoch, cfg.epochs, limit=cfg.limit_train_batches,
+                                         start=start)
+        if not stats.complete:
+            self.save(epoch, stats.steps, {**stats.to_dict(), "val": None, "sums": stats.sums})
+            session.mark("cancelled", f"stopped by {stop.signal_name or 'request'} at epoch {epoch}, step "
+                                      f"{stats.steps}; checkpoint saved")
+            say(f"mtbench: run {session.run_id} cancelled at epoch {epoch}, step {stats.steps}; checkpoint saved in "
+                f"{session.run_dir.path}; continue it with the same command and --resume {session.run_id}")
+            raise RunCancelled(f"run {session.run_id} cancelled", session.run_id)
+        entry = stats.to_dict()
+        # The losses of all processes (each averaged its own batches).
+        means = self.ctx.mean({"loss": stats.loss, **{f"task.{t}": v for t, v in stats.task_losses.items()}})
+        entry["loss"] = means["loss"]
+        entry["task_losses"] = {t: means[f"task.{t}"] for t in stats.task_losses}
+        last = epoch == cfg.epochs
+        if cfg.eval_every and epoch % cfg.eval_every == 0 and not last:
+            self.phase = "eval"
+            entry["val"], _ = self.evaluate(periodic=True)
+        self.history.append(entry)
+        rate = self.trainer.train_throughput.last_rate
+        say(f"epoch {epoch}/{cfg.epochs}: loss {entry['loss']:.4f} · lr {stats.lr:.3g} · {stats.seconds:.1f} s"
+            + (f" · {rate:.1f} img/s" if rate else "")
+            + (" · val " + ", ".join(f"{s.name} {entry['val'][s.name].get(s.primary.name, math.nan):.3f}"
+                                      for s in self.resolved.task_specs) if entry.get("val") else ""))
+        if cfg.checkpoint_every and (epoch % cfg.checkpoint_every == 0 or last):
+            self.save(epoch + 1, 0)

@@ -1,0 +1,165 @@
+"""Sweeps: a grid of runs (datasets × methods × seeds, one shared recipe), run one after another in
+this process, or printed as one ``torchrun`` command per run for a cluster scheduler.
+
+Every grid point is resolved exactly as ``mtbench run`` would resolve it, and identified by its
+``config_hash`` (runner.run_hash). A point whose completed result (same hash) is in the results
+folder is skipped; a point with an interrupted run in the runs folder is resumed from its
+checkpoint; the rest start. Re-running a finished sweep therefore does no work, and re-running an
+interrupted one continues where it stopped. A run that fails (divergence, out of memory) is
+reported and the sweep goes on; Ctrl-C stops the sweep after the current run saved its checkpoint.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+from mtpeft_bench.errors import UserError
+
+
+@dataclass
+class GridPoint:
+    """One run of the sweep."""
+
+    dataset: str
+    method: str
+    seed: int
+    cfg: Any
+    config_hash: str
+    state: str = "new"  # new | resume | done
+    detail: str = ""
+
+
+@dataclass
+class SweepResult:
+    """What a sweep did: run ids by outcome, and the failures' messages."""
+
+    skipped: list[str] = field(default_factory=list)
+    completed: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+
+
+def parse_list(text: str | None, what: str) -> list[str]:
+    items = [t.strip() for t in (text or "").split(",") if t.strip()]
+    if not items:
+        raise UserError(f"--{what} needs at least one name (comma-separated)")
+    return list(dict.fromkeys(items))
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0,1,2"`` or ``"0-2"`` (or a mix) → ``[0, 1, 2]``."""
+    seeds: list[int] = []
+    for part in (p.strip() for p in str(text).split(",")):
+        if not part:
+            continue
+        lo, sep, hi = part.partition("-")
+        try:
+            seeds.extend(range(int(lo), int(hi) + 1) if sep else [int(part)])
+        except ValueError:
+            raise UserError(f"--seeds takes integers and ranges like 0,1,2 or 0-4, got '{part}'") from None
+    if not seeds:
+        raise UserError("--seeds needs at least one seed")
+    return list(dict.fromkeys(seeds))
+
+
+def expand(datasets: Sequence[str], methods: Sequence[str], seeds: Sequence[int], preset: str | None,
+           options: Mapping[str, Any], sets: Mapping[str, Any], world_size: int = 1) -> list[GridPoint]:
+    """Resolve every grid point (all bad input is found here, before anything runs)."""
+    from mtpeft_bench.config import resolve
+    from mtpeft_bench.registry import get_dataset
+    from mtpeft_bench.runner import prepare, run_hash
+
+    points = []
+    for dataset in datasets:
+        default_preset = getattr(get_dataset(dataset), "default_preset", "paper")
+        for method in methods:
+            for seed in seeds:
+                cfg = resolve(preset, {**options, "dataset": dataset, "method": method, "seed": seed}, sets,
+                              default_preset=default_preset)
+                points.append(GridPoint(dataset, method, seed, cfg, run_hash(cfg, prepare(cfg), world_size)))
+    return points
+
+
+def classify(points: Sequence[GridPoint]) -> None:
+    """Set each point's ``state``: ``done`` (a completed result with its hash exists), ``resume`` (an
+    interrupted run with its hash can be resumed) or ``new``."""
+    from mtpeft_bench.checkpoint import find_run_to_resume, runs_root
+    from mtpeft_bench.results import read_records
+
+    records: dict[Path, list[dict[str, Any]]] = {}
+    for point in points:
+        out = Path(point.cfg.out).expanduser()
+        if out not in records:
+            records[out] = read_records(out) if out.is_dir() else []
+        done = [r for r in records[out] if r.get("status") == "completed" and r.get("config_hash") == point.config_hash]
+        if done:
+            point.state, point.detail = "done", done[-1].get("run_id", "")
+            continue
+        found = find_run_to_resume(runs_root(point.cfg), point.config_hash)
+        if found is not None:
+            point.state = "resume"
+            point.detail = f"{found.run_id} at epoch {found.state.get('epoch')}, step {found.state.get('step_in_epoch')}"
+        else:
+            point.state, point.detail = "new", ""
+
+
+def label(point: GridPoint) -> str:
+    return f"{point.dataset}/{point.method}/seed {point.seed}"
+
+
+def run_grid(points: Sequence[GridPoint], echo: Callable[[str], None]) -> SweepResult:
+    """Run the points that are not done, one after another; failures are collected, not raised."""
+    import gc
+
+    from mtpeft_bench.failures import RunFailed
+    from mtpeft_bench.runner import run
+
+    result = SweepResult()
+    todo = [p for p in points if p.state != "done"]
+    for point in points:
+        if point.state == "done":
+            result.skipped.append(point.detail)
+            echo(f"sweep: skip {label(point)} (completed: {point.detail})")
+    for i, point in enumerate(todo, 1):
+        verb = f"resume {point.detail}" if point.state == "resume" else "start"
+        echo(f"sweep: [{i}/{len(todo)}] {label(point)}: {verb}")
+        try:
+            record = run(point.cfg, resume=True)
+        except RunFailed as exc:
+            result.failed.append((label(point), str(exc)))
+            echo(f"sweep: {label(point)} failed: {exc}")
+            continue
+        finally:
+            gc.collect()
+            _empty_cuda_cache()
+        result.completed.append(record.get("run_id", ""))
+    return result
+
+
+def _empty_cuda_cache() -> None:
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def torchrun_command(point: GridPoint, run_args: Sequence[str], nproc_per_node: int, nnodes: int) -> str:
+    """The shell command that runs ``point`` under torchrun (``--resume``, so a re-issued command
+    continues an interrupted run, or does nothing once the run completed).
+
+    Several nodes rendezvous at ``$MASTER_ADDR:$MASTER_PORT`` (left for the scheduler's shell to fill).
+    """
+    head = ["torchrun"]
+    if nnodes == 1:
+        head += ["--standalone", f"--nproc_per_node={nproc_per_node}"]
+    else:
+        head += [f"--nnodes={nnodes}", f"--nproc_per_node={nproc_per_node}", "--rdzv_backend=c10d",
+                 f"--rdzv_id=mtbench-{point.config_hash}"]
+    args = ["-m", "mtpeft_bench", "run", "--method", point.method, "--dataset", point.dataset,
+            "--seed", str(point.seed), *run_args, "--no-progress", "--resume"]
+    text = shlex.join(head)
+    if nnodes > 1:
+        text += ' --rdzv_endpoint="$MASTER_ADDR:$MASTER_PORT"'
+    return text + " " + shlex.join(args)
