@@ -212,8 +212,9 @@ def run(cfg: RunConfig | None = None, /, **options: Any) -> dict[str, Any]:
 
     from mtpeft_bench.backbone import create_backbone
     from mtpeft_bench.baselines import compute_delta
-    from mtpeft_bench.engine import Schedule, Trainer, evaluate
-    from mtpeft_bench.measure import parameter_groups, parameter_summary, peak_memory_mb, reset_peak_memory
+    from mtpeft_bench.engine import Schedule, Trainer, _autocast, evaluate
+    from mtpeft_bench.measure import (FLOPS_COUNTED, parameter_groups, parameter_summary, peak_memory_mb,
+                                      profile_inference, reset_peak_memory)
     from mtpeft_bench.model import build_model, task_outputs_of
     from mtpeft_bench.results import SCHEMA_VERSION, read_records, write_record
 
@@ -280,6 +281,10 @@ def run(cfg: RunConfig | None = None, /, **options: Any) -> dict[str, Any]:
     if history:
         history[-1]["val"] = metrics
     peak, _ = peak_memory_mb(device)
+    # After the peak-memory reading: a merged copy of the encoder must not count as the run's memory.
+    inference = profile_inference(model, resolved.image_size, cfg.eval_batch_size or cfg.batch_size, device,
+                                  warmup=cfg.measure_warmup, repeats=cfg.measure_repeats,
+                                  autocast=lambda: _autocast(device, cfg.amp, cfg.amp_dtype))
 
     encoder = model.encoder
     method_info = dict(encoder.method_info()) if callable(getattr(encoder, "method_info", None)) else {}
@@ -306,6 +311,12 @@ def run(cfg: RunConfig | None = None, /, **options: Any) -> dict[str, Any]:
             "batch_size": cfg.batch_size, "eval_batch_size": cfg.eval_batch_size or cfg.batch_size,
             "timing": "model compute only (forward+backward+step for training, forward for inference), "
                       "after warm-up steps, CUDA-synchronised",
+            "flops_per_image": inference["unmerged"]["flops_per_image"],
+            "latency_ms": inference["unmerged"]["latency_ms"],
+            "inference": inference,
+            "flops_counted": FLOPS_COUNTED,
+            "latency_timing": f"median of {cfg.measure_repeats} forwards at batch 1 on random images after "
+                              f"{cfg.measure_warmup} warm-up forwards, CUDA-synchronised",
         },
         "weights": weights,
         "method_info": method_info,
@@ -324,7 +335,11 @@ def run(cfg: RunConfig | None = None, /, **options: Any) -> dict[str, Any]:
         print(f"Δm = {delta['value']:+.2f} % vs {delta['baseline']['source']} single-task baselines")
     else:
         print(f"Δm: n/a ({delta['baseline'].get('reason')})")
+    latency = inference["unmerged"]["latency_ms"]
     print(f"trainable parameters: {summary['total_trainable']:,} · peak memory {peak:.0f} MB ({memory_kind}) · "
-          f"train {record['efficiency']['train_images_per_s'] or 0:.1f} img/s · wall {record['wall_time_s']:.0f} s")
+          f"train {record['efficiency']['train_images_per_s'] or 0:.1f} img/s · "
+          f"{inference['unmerged']['flops_per_image'] / 1e9:.3g} GFLOPs/image"
+          + (f" · latency {latency:.3g} ms at batch 1" if latency is not None else "")
+          + f" · wall {record['wall_time_s']:.0f} s")
     print(f"result: {path}")
     return record
