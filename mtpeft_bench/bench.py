@@ -5,8 +5,8 @@ random inputs and targets (cost does not depend on the values). Timing uses the 
 use: the training loop's :class:`~mtpeft_bench.engine.Trainer` (its ``train_step`` and
 :class:`~mtpeft_bench.measure.Throughput`: forward, loss, backward, clipping and the AdamW step) and
 :func:`~mtpeft_bench.measure.profile_inference`-style timing of forwards. The models take turns
-step by step, so a busy phase of a shared machine slows both alike, and the ratios are what to
-read. Peak memory is measured per model on CUDA only (on a CPU the process's peak RSS cannot be
+step by step in alternating order (a, b, b, a, ...), so a busy phase of a shared machine slows
+both alike and neither always runs first; the ratios are what to read. Peak memory is measured per model on CUDA only (on a CPU the process's peak RSS cannot be
 split between two models of one process).
 """
 
@@ -19,7 +19,7 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from mtpeft_bench.measure import (Throughput, count_flops, merged_model, parameter_groups, parameter_summary,
-                                  reset_peak_memory, synchronize, time_forwards)
+                                  reset_peak_memory, synchronize, time_forwards, turns)
 
 
 @dataclass
@@ -137,7 +137,7 @@ def run_bench(setup: BenchSetup) -> dict[str, Any]:
         trainers[name] = _trainer(model, specs, device, setup)
         results[name]["trainable_params"] = parameter_summary(parameter_groups(model, ids))["total_trainable"]
     for step in range(setup.warmup + setup.steps):
-        for name in names:  # taking turns
+        for name in turns(names, step):  # taking turns, in alternating order
             trainer = trainers[name]
             before = trainer.train_throughput.seconds
             trainer.train_step(images, targets)
@@ -198,5 +198,5 @@ def format_bench(result: Mapping[str, Any]) -> str:
                       *["—" if r is None else f"{r:.2f}x" for r in ratios]])
     head = (f"{setup['method']} vs {baseline} · {setup['backbone']} at {setup['image_size'][0]}x"
             f"{setup['image_size'][1]} · batch {setup['batch_size']} · {setup['device']} · {setup['steps']} timed "
-            f"rounds after {setup['warmup']} warm-up, models taking turns")
+            f"rounds after {setup['warmup']} warm-up, models taking turns in alternating order")
     return head + "\n" + tabulate(lines, headers=header, tablefmt="simple", disable_numparse=True) + "\n"

@@ -14,7 +14,7 @@ Inference cost (:func:`count_flops`, :func:`profile_inference`): forward FLOPs a
 torch's own counter, latency at batch 1 (median of timed forwards after warm-up) and images/s at
 a batch size, with CUDA synchronised around every timed forward. Models compared with each other
 (a method's merged and unmerged forms, or a method and ``full`` in ``mtbench bench``) are timed
-interleaved, so a slow phase of a shared machine hits all of them alike.
+taking turns in alternating order, so a slow phase of a shared machine hits all of them alike.
 """
 
 from __future__ import annotations
@@ -221,20 +221,27 @@ def _random_images(batch: int, image_size: tuple[int, int], device: torch.device
     return torch.randn(batch, 3, *image_size, generator=generator).to(device)
 
 
+def turns(names: list[str], round_index: int) -> list[str]:
+    """The order of the models in a round: as given in even rounds, reversed in odd ones."""
+    return names if round_index % 2 == 0 else names[::-1]
+
+
 @torch.no_grad()
 def time_forwards(models: Mapping[str, nn.Module], images: torch.Tensor, device: torch.device, warmup: int,
                   repeats: int, autocast: Callable[[], ContextManager] = nullcontext) -> dict[str, list[float]]:
     """Seconds of each timed forward, per model.
 
-    The models take turns (a, b, a, b, ...): ``warmup`` untimed rounds, then ``repeats`` timed
-    ones, each forward CUDA-synchronised before and after.
+    The models take turns, in alternating order (a, b, b, a, a, b, ...) so that neither always
+    runs first: ``warmup`` untimed rounds, then ``repeats`` timed ones, each forward
+    CUDA-synchronised before and after.
 
     Returns:
         ``{name: [seconds] * repeats}``.
     """
     times: dict[str, list[float]] = {name: [] for name in models}
     for i in range(warmup + repeats):
-        for name, model in models.items():
+        for name in turns(list(models), i):
+            model = models[name]
             synchronize(device)
             start = time.perf_counter()
             with autocast():
@@ -287,10 +294,10 @@ def profile_inference(model: nn.Module, image_size: tuple[int, int], batch_size:
             batch = _random_images(batch_size, image_size, device, seed=1)
             meters = {name: Throughput(device, warmup=warmup) for name in forms}
             with torch.no_grad():
-                for _ in range(warmup + repeats):
-                    for name, form in forms.items():
+                for i in range(warmup + repeats):
+                    for name in turns(list(forms), i):
                         with meters[name].time(batch_size), autocast():
-                            form(batch)
+                            forms[name](batch)
             for name, meter in meters.items():
                 result[name]["images_per_s"] = meter.last_rate
     return result

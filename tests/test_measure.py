@@ -72,7 +72,8 @@ def test_time_forwards_interleaves_and_skips_warmup():
     log: list[str] = []
     models = {"a": Sleeper("a", log), "b": Sleeper("b", log, seconds=0.02)}
     times = time_forwards(models, torch.zeros(1), torch.device("cpu"), warmup=2, repeats=3)
-    assert log == ["a", "b"] * 5  # 2 warm-up + 3 timed rounds, taking turns
+    # 2 warm-up + 3 timed rounds, taking turns in alternating order
+    assert log == ["a", "b", "b", "a", "a", "b", "b", "a", "a", "b"]
     assert len(times["a"]) == len(times["b"]) == 3
     assert min(times["b"]) >= 0.02 and max(times["a"]) < 0.02
 
