@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
 import torch
 from torch import nn
 
@@ -103,8 +102,6 @@ def test_profile_inference_without_merge():
     assert skipped["unmerged"]["flops_per_image"] == out["unmerged"]["flops_per_image"]
 
 
-@pytest.mark.parametrize("name", ["full", "decoder_only"])
-def test_shared_feature_methods_cost_the_same_to_run(name):
-    # Freezing changes what trains, not what a forward computes.
-    assert (count_flops(micro_model(name), torch.randn(1, 3, 64, 64))["total"]
-            == count_flops(micro_model("full"), torch.randn(1, 3, 64, 64))["total"])
+def test_freezing_does_not_change_the_forward_cost():
+    one = torch.randn(1, 3, 64, 64)
+    assert count_flops(micro_model("decoder_only"), one) == count_flops(micro_model("full"), one)

@@ -76,12 +76,13 @@ class LowRankFc2(Method):
 
 
 @pytest.fixture
-def lowrank_method(monkeypatch):
-    """Register ``lowrank_fc2`` for one test only."""
-    monkeypatch.setattr(method_registry, "_classes", dict(method_registry._classes))
-    monkeypatch.setattr(method_registry, "_runtime", dict(method_registry._runtime))
+def lowrank_method():
+    """Register ``lowrank_fc2`` for one test only (and remove only it afterwards: plugins imported
+    during the test stay registered, as their modules stay imported)."""
     method_registry.register("lowrank_fc2")(LowRankFc2)
-    return LowRankFc2
+    yield LowRankFc2
+    method_registry._classes.pop("lowrank_fc2", None)
+    method_registry._runtime.pop("lowrank_fc2", None)
 
 
 def build(method_cls, tasks=("semseg", "depth")):
