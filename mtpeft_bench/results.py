@@ -46,12 +46,20 @@ def write_json_atomic(path: Path, data: Mapping[str, Any]) -> Path:
             handle.write("\n")
             handle.flush()
             os.fsync(handle.fileno())
+        _default_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
     return path
+
+
+def _default_mode(path: str) -> None:
+    """Give a temporary file the mode a plain ``open()`` would (mkstemp makes it private, 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def write_text_atomic(path: Path, text: str | bytes) -> Path:
@@ -64,6 +72,7 @@ def write_text_atomic(path: Path, text: str | bytes) -> Path:
             handle.write(text.encode("utf-8") if isinstance(text, str) else text)
             handle.flush()
             os.fsync(handle.fileno())
+        _default_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -231,3 +231,16 @@ def test_compare_and_plot_never_import_torch(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert len(list(tmp_path.glob("*.png"))) == 4
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    import os
+
+    from mtpeft_bench.results import write_json_atomic, write_text_atomic
+
+    umask = os.umask(0o022)
+    try:
+        for path in (write_text_atomic(tmp_path / "a.md", "x"), write_json_atomic(tmp_path / "b.json", {"a": 1})):
+            assert path.stat().st_mode & 0o777 == 0o644  # not mkstemp's private 0600
+    finally:
+        os.umask(umask)
