@@ -14,7 +14,14 @@ that the runner reads (it never asks which method it runs):
 
 - ``method_info() -> dict``: facts to record in the result (e.g. which kernel ran);
 - ``extra_loss() -> Tensor | None``: a term added to the training loss;
-- ``find_unused_parameters: bool``: DDP must look for parameters that get no gradient.
+- ``find_unused_parameters: bool``: DDP must look for parameters that get no gradient;
+- ``merge_for_inference() -> nn.Module``: a *new* encoder with the method's weights folded into
+  the backbone's (e.g. LoRA's ``W + s·B·A`` through peft's ``merge_and_unload`` on a deep copy)
+  that computes the same features at the plain backbone's cost. It must leave the trained
+  encoder unchanged (the runner keeps using it) and may return None when this configuration
+  cannot merge. When present, the runner measures inference of both forms side by side
+  (FLOPs, latency at batch 1, images/s at the run's batch size) and the largest difference of
+  their outputs (``efficiency.inference`` in the result).
 
 Parameters the method adds to the backbone are reported as the method's own group; the
 parameter report finds them by identity (they are not among the backbone's original ones).

@@ -3,7 +3,8 @@
 The public Python API (imported lazily, so ``import mtpeft_bench`` does not import torch):
 
 - :func:`run` — train and evaluate one method on one dataset, return the result record.
-- :func:`load_results` — every result JSON under a folder as a ``pandas.DataFrame``.
+- :func:`load_results` — every result JSON under a folder as a ``pandas.DataFrame``;
+  :func:`load_history` — their per-epoch training curves, one row per run and epoch.
 - :data:`method_registry`, :data:`dataset_registry`, :func:`register_method`,
   :func:`register_dataset`, :func:`get_method`, :func:`get_dataset`.
 - :mod:`mtpeft_bench.metrics` — the streaming meters and :func:`delta_m`.
@@ -21,6 +22,7 @@ _LAZY = {
     "run": "mtpeft_bench.runner",
     "RunConfig": "mtpeft_bench.config",
     "load_results": "mtpeft_bench.results",
+    "load_history": "mtpeft_bench.results",
     "delta_m": "mtpeft_bench.delta",
     "method_registry": "mtpeft_bench.registry",
     "dataset_registry": "mtpeft_bench.registry",

@@ -145,38 +145,55 @@ def params(method, dataset, tasks, preset, backbone, weights, sets, as_json):
                         tablefmt="simple", disable_numparse=True))
 
 
-@cli.command()
+EXAMPLES_COMPARE = """\b
+Examples:
+  mtbench compare                                   # every run under results/, one table per dataset
+  mtbench compare --results /tmp/runs --method full,decoder_only --sort params
+  mtbench compare --dataset pascal_mt --reference   # with the published rows beside the suite's runs
+  mtbench compare --format latex --output table.tex
+"""
+
+
+@cli.command(epilog=EXAMPLES_COMPARE)
 @click.option("--results", "results_dir", default="results", show_default=True, help="Folder of result JSONs.")
 @click.option("--dataset", "-d", default=None, help="Only this dataset.")
-@click.option("--format", "fmt", type=click.Choice(["md", "csv", "latex"]), default="md", show_default=True)
+@click.option("--method", "-m", "methods", default=None, help="Only these methods (comma-separated).")
+@click.option("--tag", "tags", default=None, help="Only runs with these tags (comma-separated).")
+@click.option("--format", "fmt", type=click.Choice(["md", "csv", "latex", "html"]), default="md", show_default=True)
+@click.option("--sort", default="delta_m", show_default=True,
+              type=click.Choice(["delta_m", "params", "flops", "memory", "train", "infer", "latency", "method"]),
+              help="Order of the rows inside each dataset and task set.")
+@click.option("--reference", is_flag=True, help="Add the published rows of tasks/reference/<dataset>.yaml.")
+@click.option("--param-groups", is_flag=True, help="Add trainable parameters by group (method, extras, "
+              "linears, decoder).")
 @click.option("--baseline-method", default="full", show_default=True,
               help="Method whose single-task runs are the Δm baselines.")
-def compare(results_dir, dataset, fmt, baseline_method):
-    """Leaderboard of all runs: per-task metrics, Δm, parameters, memory, images/s."""
-    from mtpeft_bench.report import leaderboard, render
+@click.option("--output", "-o", default=None, help="Write to this file instead of standard output.")
+def compare(results_dir, dataset, methods, tags, fmt, sort, reference, param_groups, baseline_method, output):
+    """Leaderboard of all runs: per-task metrics, Δm, Pareto front, parameters, FLOPs, memory, speed."""
+    from mtpeft_bench.report import leaderboard, render_document, with_published
     from mtpeft_bench.results import read_records
 
     path = Path(results_dir)
-    if not path.exists():
-        raise UserError(f"no results folder {path}; run `mtbench run ...` first or pass --results DIR")
-    records = read_records(path)
-    if not records:
-        raise UserError(f"no result files under {path}")
-    rows = leaderboard(records, dataset=dataset, baseline_method=baseline_method)
+    records = read_records(path) if path.exists() else []
+    if not records and not (reference and dataset):
+        raise UserError(f"no result files under {path}; run `mtbench run ...` first or pass --results DIR"
+                        if path.exists() else
+                        f"no results folder {path}; run `mtbench run ...` first or pass --results DIR")
+    rows = leaderboard(records, dataset=dataset, baseline_method=baseline_method, methods=_split_tasks(methods),
+                       tags=_split_tasks(tags), sort=sort)
+    if reference:
+        rows = with_published(rows, [dataset] if dataset else {r["dataset"] for r in rows}, sort)
     if not rows:
-        raise UserError(f"no completed runs for dataset '{dataset}' under {path}")
-    datasets = sorted({r["dataset"] for r in rows})
-    if fmt == "md":
-        for name in datasets:
-            sub = [r for r in rows if r["dataset"] == name]
-            click.echo(f"## {name}\n")
-            click.echo(render(sub, fmt))
-            click.echo("")
-        click.echo("Δm: mean relative change of each task's primary metric vs single-task baselines "
-                   f"(method '{baseline_method}', same recipe); '(ref)': published baselines. "
-                   "Mean ± std over seeds.")
+        wanted = ", ".join(f"{k} {v}" for k, v in (("dataset", dataset), ("methods", methods), ("tags", tags)) if v)
+        raise UserError(f"no completed runs under {path}" + (f" for {wanted}" if wanted else ""))
+    text = render_document(rows, fmt, baseline_method=baseline_method, param_groups=param_groups)
+    if output:
+        from mtpeft_bench.results import write_text_atomic
+
+        click.echo(f"wrote {write_text_atomic(Path(output), text)}")
     else:
-        click.echo(render(rows, fmt), nl=False)
+        click.echo(text, nl=False)
 
 
 @cli.command()
@@ -245,10 +262,12 @@ def data_show(dataset, out, count, split, tasks, data_root, sets):
 
 
 from mtpeft_bench import cli_data  # noqa: E402  (prepare / verify of the real datasets)
+from mtpeft_bench.cli_report import register as _register_report_commands  # noqa: E402  (plot, bench)
 from mtpeft_bench.cli_sweep import sweep  # noqa: E402  (a command in its own module)
 
 cli_data.register(data)
 cli.add_command(sweep)
+_register_report_commands(cli)
 
 
 def _one_line(text: str) -> str:

@@ -57,6 +57,10 @@ class RunConfig:
     eval_every: int = 5  # epochs; 0: only at the end
     limit_train_batches: int | None = None  # cap on steps per epoch (debugging)
     limit_eval_batches: int | None = None
+    # inference cost after training (measure.profile_inference): timed forwards at batch 1 (and at
+    # batch_size for a merged encoder) after untimed warm-up ones; 0 repeats: FLOPs only
+    measure_repeats: int = 20
+    measure_warmup: int = 3
     # system
     device: str = "auto"
     num_workers: int = 4
@@ -85,7 +89,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "smoke": dict(
         backbone="swin_micro", weights="none", image_size=(64, 64), drop_path=0.0,
         epochs=3, batch_size=16, base_lr=1e-3 * 512 / 16, warmup_lr=1e-6 * 512 / 16, min_lr=1e-5 * 512 / 16,
-        warmup_epochs=0.5, eval_every=0, num_workers=0, amp=False,
+        warmup_epochs=0.5, eval_every=0, num_workers=0, amp=False, measure_repeats=10, measure_warmup=2,
     ),
     "cpu": dict(
         backbone="swin_tiny_patch4_window7_224", weights="timm", image_size=None, drop_path=0.1,
@@ -102,7 +106,8 @@ PRESET_HELP = {
 }
 
 # Fields that do not change what a run computes: left out of the config hash.
-_NOT_HASHED = {"out", "tag", "data_root", "device", "num_workers", "progress", "checkpoint_every", "runs_dir"}
+_NOT_HASHED = {"out", "tag", "data_root", "device", "num_workers", "progress", "checkpoint_every", "runs_dir",
+               "measure_repeats", "measure_warmup"}
 
 
 def _field_types() -> dict[str, Any]:
@@ -266,6 +271,9 @@ def validate(cfg: RunConfig) -> None:
         raise UserError(f"amp_dtype must be float16 or bfloat16, got {cfg.amp_dtype!r}")
     if cfg.eval_every < 0:
         raise UserError(f"eval_every must be >= 0, got {cfg.eval_every}")
+    for name in ("measure_repeats", "measure_warmup"):
+        if getattr(cfg, name) < 0:
+            raise UserError(f"{name} must be >= 0, got {getattr(cfg, name)}")
     if cfg.num_workers < 0:
         raise UserError(f"num_workers must be >= 0, got {cfg.num_workers}")
     if cfg.checkpoint_every < 0:

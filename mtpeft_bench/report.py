@@ -1,36 +1,52 @@
 """Leaderboards from result records (``mtbench compare``). Reads JSON only; never imports torch.
 
-One row per (dataset, method, task set, preset, tag): the per-task primary metrics with ↑/↓, Δm,
-trainable parameters, peak memory and training/inference images per second. Several seeds of the
-same row are averaged and shown as mean ± std.
+One row per (dataset, method, task set, preset, tag, recipe): the per-task primary metrics with
+↑/↓, Δm against the baseline method's single-task runs, whether the row is on the Pareto front of
+(trainable parameters ↓, Δm ↑), trainable parameters (optionally by group), forward FLOPs, peak
+memory, training and inference images/s and latency at batch 1 (merged too, where the method can
+merge). Several seeds of a row are shown as mean ± sample standard deviation. Published reference
+rows (``tasks/reference/<dataset>.yaml``, section ``published_rows``) can be shown beside the
+suite's runs; they are marked as published and never enter the Pareto front. The rows are
+turned into text by :mod:`mtpeft_bench.tables` (re-exported here: ``render``, ``table``, ...).
 """
 
 from __future__ import annotations
 
-import math
-import statistics
 from typing import Any, Iterable, Mapping, Sequence
 
-from mtpeft_bench.baselines import compute_delta
+from mtpeft_bench.baselines import compute_delta, load_reference
+from mtpeft_bench.delta import delta_m
+from mtpeft_bench.tables import (FORMATS, csv_table, latex_escape, mean_std, notes, render,  # noqa: F401
+                                 render_document, table)
 
 
-FORMATS = ("md", "csv", "latex")
+#: ``--sort`` keys: the row value they sort by and whether larger is better (sorted first).
+SORT_KEYS: dict[str, tuple[str, bool]] = {
+    "delta_m": ("delta_m", True), "params": ("trainable", False), "flops": ("flops", False),
+    "memory": ("peak_memory_mb", False), "train": ("train_images_per_s", True),
+    "infer": ("inference_images_per_s", True), "latency": ("latency_ms", False), "method": ("method", False),
+}
+EXTRA_GROUPS = ("patch_embed", "norms", "rel_pos", "reductions")
+_NUMERIC = ("delta_m", "trainable", "flops", "peak_memory_mb", "train_images_per_s", "inference_images_per_s",
+            "latency_ms", "merged_latency_ms", "merged_images_per_s", "unmerged_images_per_s")
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
-    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not values:
-        return None, None
-    mean = statistics.fmean(values)
-    std = statistics.stdev(values) if len(values) > 1 else None
-    return mean, std
+def pareto_front(points: Sequence[tuple[float | None, float | None]]) -> list[bool | None]:
+    """Which (cost, gain) points are on the Pareto front (lower cost and higher gain are better).
 
-
-def _fmt(mean: float | None, std: float | None, digits: int = 2) -> str:
-    if mean is None:
-        return "—"
-    text = f"{mean:.{digits}f}"
-    return f"{text} ± {std:.{digits}f}" if std is not None else text
+    A point is on the front when no other point has cost ≤ and gain ≥ with one of them strict
+    (equal points are all on it). Points with a missing coordinate get None.
+    """
+    marks: list[bool | None] = []
+    for i, (cost, gain) in enumerate(points):
+        if cost is None or gain is None:
+            marks.append(None)
+            continue
+        dominated = any(
+            j != i and c is not None and g is not None and c <= cost and g >= gain and (c < cost or g > gain)
+            for j, (c, g) in enumerate(points))
+        marks.append(not dominated)
+    return marks
 
 
 def _row_key(rec: Mapping[str, Any]) -> tuple:
@@ -38,101 +54,164 @@ def _row_key(rec: Mapping[str, Any]) -> tuple:
             rec.get("recipe_key"))
 
 
-def leaderboard(records: Iterable[Mapping[str, Any]], dataset: str | None = None,
-                baseline_method: str = "full") -> list[dict[str, Any]]:
-    """Aggregate records into leaderboard rows (dicts of raw numbers, sorted by Δm then method)."""
+def _get(mapping: Mapping[str, Any] | None, *path: str) -> Any:
+    for key in path:
+        if not isinstance(mapping, Mapping):
+            return None
+        mapping = mapping.get(key)
+    return mapping
+
+
+def _suite_row(key: tuple, recs: Sequence[Mapping[str, Any]], records: Sequence[Mapping[str, Any]],
+               baseline_method: str) -> dict[str, Any]:
+    first = recs[0]
+    row: dict[str, Any] = {
+        "dataset": key[0], "method": key[1], "tasks": list(key[2]), "preset": key[3], "tag": key[4],
+        "seeds": sorted(r.get("seed") for r in recs), "n": len(recs), "metrics": {}, "source": "suite",
+    }
+    for task in first.get("tasks", []):
+        spec = first["task_specs"][task]
+        name = spec["primary"]
+        meta = spec["metrics"][name]
+        row["metrics"][task] = {"name": name, "higher_is_better": meta["higher_is_better"],
+                                "unit": meta.get("unit", ""), "values": [_get(r, "metrics", task, name) for r in recs]}
+    deltas = [compute_delta(r, records, baseline_method) for r in recs]
+    row["delta_m"] = [d["value"] for d in deltas]
+    sources = {d["baseline"].get("source") for d in deltas if d["value"] is not None}
+    row["delta_m_baseline"] = ",".join(sorted(s for s in sources if s)) or None
+    row["trainable"] = [_get(r, "params", "summary", "total_trainable") for r in recs]
+    groups = [_get(r, "params", "groups") or {} for r in recs]
+    row["param_groups"] = {
+        "method": [_get(g, "method", "trainable") for g in groups],
+        "extras": [sum(_get(g, k, "trainable") or 0 for k in EXTRA_GROUPS) if g else None for g in groups],
+        "linears": [_get(g, "linears", "trainable") for g in groups],
+        "decoder": [_get(g, "decoder", "trainable") for g in groups],
+    }
+    eff = [r.get("efficiency") or {} for r in recs]
+    kinds = {e.get("memory_kind") for e in eff if e.get("memory_kind")}
+    row["memory_kind"] = kinds.pop() if len(kinds) == 1 else ("mixed" if kinds else None)
+    for field in ("peak_memory_mb", "train_images_per_s", "inference_images_per_s", "latency_ms"):
+        row[field] = [e.get(field) for e in eff]
+    row["flops"] = [e.get("flops_per_image") for e in eff]
+    row["merged_latency_ms"] = [_get(e, "inference", "merged", "latency_ms") for e in eff]
+    row["merged_images_per_s"] = [_get(e, "inference", "merged", "images_per_s") for e in eff]
+    row["unmerged_images_per_s"] = [_get(e, "inference", "unmerged", "images_per_s") for e in eff]
+    return row
+
+
+def leaderboard(records: Iterable[Mapping[str, Any]], dataset: str | None = None, baseline_method: str = "full",
+                methods: Sequence[str] | None = None, tags: Sequence[str] | None = None,
+                sort: str = "delta_m") -> list[dict[str, Any]]:
+    """Aggregate completed runs into leaderboard rows (dicts of raw per-seed numbers).
+
+    Args:
+        records: run records (see :mod:`mtpeft_bench.results`).
+        dataset: keep only this dataset.
+        baseline_method: the method whose single-task runs are the Δm baselines (they are found
+            among all records of the dataset, also when ``methods`` leaves them out of the table).
+        methods, tags: keep only rows of these methods / tags.
+        sort: a key of :data:`SORT_KEYS`.
+
+    Returns:
+        Rows sorted by dataset, then task set (more tasks first), then ``sort``; each row carries
+        ``pareto`` (on the front of its dataset and task set, or None without Δm).
+    """
     records = [r for r in records if r.get("status") == "completed"]
     if dataset:
         records = [r for r in records if r.get("dataset") == dataset]
     groups: dict[tuple, list[Mapping[str, Any]]] = {}
     for rec in records:
         groups.setdefault(_row_key(rec), []).append(rec)
+    rows = [_suite_row(key, recs, records, baseline_method) for key, recs in groups.items()]
+    if methods:
+        rows = [r for r in rows if r["method"] in methods]
+    if tags:
+        rows = [r for r in rows if r["tag"] in tags]
+    mark_pareto(rows)
+    return sort_rows(rows, sort)
+
+
+def mark_pareto(rows: Sequence[dict[str, Any]]) -> None:
+    """Set ``row["pareto"]`` for the suite's rows, per dataset and task set with at least two rows
+    (otherwise, and for published rows, None)."""
+    sets: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        row["pareto"] = None
+        if row.get("source") == "suite":
+            sets.setdefault((row["dataset"], tuple(row["tasks"])), []).append(row)
+    for members in sets.values():
+        if len(members) < 2:
+            continue  # a front of one says nothing
+        points = [(mean_std(r["trainable"])[0], mean_std(r["delta_m"])[0]) for r in members]
+        for row, mark in zip(members, pareto_front(points)):
+            row["pareto"] = mark
+
+
+def sort_rows(rows: Sequence[dict[str, Any]], sort: str = "delta_m") -> list[dict[str, Any]]:
+    """Sort by dataset, suite rows before published ones, task set (more tasks first), then ``sort``."""
+    if sort not in SORT_KEYS:
+        from mtpeft_bench.errors import UserError
+
+        raise UserError(f"unknown sort key '{sort}'; use one of {', '.join(SORT_KEYS)}")
+    field, larger_first = SORT_KEYS[sort]
+
+    def key(row: Mapping[str, Any]) -> tuple:
+        if field == "method":
+            value, missing = 0.0, 0
+        else:
+            mean = mean_std(row[field])[0]
+            value, missing = (0.0, 1) if mean is None else ((-mean if larger_first else mean), 0)
+        return (row["dataset"], row.get("source") != "suite", -len(row["tasks"]), tuple(row["tasks"]), missing,
+                value, row["method"], row.get("tag", ""))
+
+    return sorted(rows, key=key)
+
+
+# -- published rows ----------------------------------------------------------------------------
+
+
+def published_rows(dataset: str) -> list[dict[str, Any]]:
+    """The ``published_rows`` of ``tasks/reference/<dataset>.yaml`` as leaderboard rows.
+
+    Their Δm is recomputed from the row's metrics against the file's single-task values (the paper's
+    own Δm, where the sources give one, travels as ``delta_m_published``). Empty when the file or
+    the section does not exist.
+    """
+    reference = load_reference(dataset) or {}
+    section = reference.get("published_rows") or {}
+    columns = section.get("columns") or {}
+    sources = section.get("sources") or {}
+    baseline = (reference.get("single_task") or {}).get("values") or {}
     rows = []
-    for key, recs in groups.items():
-        first = recs[0]
-        row: dict[str, Any] = {
-            "dataset": key[0], "method": key[1], "tasks": list(key[2]), "preset": key[3], "tag": key[4],
-            "seeds": sorted(r.get("seed") for r in recs), "n": len(recs), "metrics": {},
-        }
-        for task in first.get("tasks", []):
-            spec = first["task_specs"][task]
-            name = spec["primary"]
-            meta = spec["metrics"][name]
-            vals = [(r.get("metrics") or {}).get(task, {}).get(name) for r in recs]
-            row["metrics"][task] = {"name": name, "higher_is_better": meta["higher_is_better"],
-                                    "unit": meta.get("unit", ""), "values": vals}
-        deltas = [compute_delta(r, records, baseline_method) for r in recs]
-        row["delta_m"] = [d["value"] for d in deltas]
-        sources = {d["baseline"].get("source") for d in deltas if d["value"] is not None}
-        row["delta_m_baseline"] = ",".join(sorted(s for s in sources if s)) or None
-        row["trainable"] = [((r.get("params") or {}).get("summary") or {}).get("total_trainable") for r in recs]
-        eff = [r.get("efficiency") or {} for r in recs]
-        row["peak_memory_mb"] = [e.get("peak_memory_mb") for e in eff]
-        row["memory_kind"] = eff[0].get("memory_kind")
-        row["train_images_per_s"] = [e.get("train_images_per_s") for e in eff]
-        row["inference_images_per_s"] = [e.get("inference_images_per_s") for e in eff]
-        rows.append(row)
-
-    def sort_key(row: Mapping[str, Any]) -> tuple:
-        mean, _ = _mean_std(row["delta_m"])
-        return (row["dataset"], -len(row["tasks"]), 0 if mean is not None else 1, -(mean or 0.0), row["method"])
-
-    return sorted(rows, key=sort_key)
+    for item in section.get("rows") or []:
+        values = item.get("metrics") or {}
+        tasks = [t for t in columns if t in values]
+        metrics = {t: {"name": columns[t]["metric"], "higher_is_better": bool(columns[t]["higher_is_better"]),
+                       "unit": columns[t].get("unit", ""), "values": [float(values[t])]} for t in tasks}
+        delta = None
+        if tasks and all(t in baseline for t in tasks):
+            delta = delta_m({t: float(values[t]) for t in tasks}, {t: float(baseline[t]) for t in tasks},
+                            {t: metrics[t]["higher_is_better"] for t in tasks})
+        source = sources.get(item.get("source"), {})
+        params = item.get("params_m")
+        rows.append({
+            "dataset": dataset, "method": item["method"], "tasks": tasks, "preset": "", "tag": "", "seeds": [],
+            "n": 0, "metrics": metrics, "source": "published", "delta_m": [delta],
+            "delta_m_baseline": "published single-task" if delta is not None else None,
+            "delta_m_published": item.get("delta_m_published"),
+            "trainable": [params * 1e6 if params is not None else None], "param_groups": {}, "memory_kind": None,
+            **{field: [None] for field in _NUMERIC if field not in ("delta_m", "trainable")},
+            "verified": bool(item.get("verified", False)), "source_key": item.get("source"),
+            "source_label": source.get("label", item.get("source", "")), "citation": source.get("citation", ""),
+            "note": item.get("note", ""),
+        })
+    return rows
 
 
-def table(rows: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    """Header and string cells of the leaderboard."""
-    task_cols: list[tuple[str, str, bool, str]] = []
-    for row in rows:
-        for task, m in row["metrics"].items():
-            col = (task, m["name"], m["higher_is_better"], m["unit"])
-            if col not in task_cols:
-                task_cols.append(col)
-    multi_dataset = len({r["dataset"] for r in rows}) > 1
-    header = (["dataset"] if multi_dataset else []) + ["method", "tasks", "preset", "seeds"]
-    header += [f"{t} {n} {'↑' if hib else '↓'}" + (f" ({u})" if u and u != "%" else "") for t, n, hib, u in task_cols]
-    header += ["Δm % ↑", "trainable (M) ↓", "peak mem (MB) ↓", "train img/s ↑", "infer img/s ↑"]
-    cells = []
-    for row in rows:
-        line = ([row["dataset"]] if multi_dataset else []) + [
-            row["method"] + (f" [{row['tag']}]" if row["tag"] else ""),
-            ",".join(row["tasks"]) if len(row["tasks"]) < 4 else f"{len(row['tasks'])} tasks",
-            row["preset"] or "", ",".join(str(s) for s in row["seeds"]),
-        ]
-        for task, name, _, unit in task_cols:
-            m = row["metrics"].get(task)
-            if m is None or m["name"] != name:
-                line.append("")
-                continue
-            digits = 4 if unit == "m" else 2
-            line.append(_fmt(*_mean_std(m["values"]), digits=digits))
-        delta = _fmt(*_mean_std(row["delta_m"]))
-        if delta != "—" and row.get("delta_m_baseline") == "reference":
-            delta += " (ref)"
-        line.append(delta)
-        mean, _ = _mean_std(row["trainable"])
-        line.append(f"{mean / 1e6:.3f}" if mean is not None else "—")
-        line.append(_fmt(*_mean_std(row["peak_memory_mb"]), digits=0))
-        line.append(_fmt(*_mean_std(row["train_images_per_s"]), digits=1))
-        line.append(_fmt(*_mean_std(row["inference_images_per_s"]), digits=1))
-        cells.append(line)
-    return header, cells
-
-
-def render(rows: Sequence[Mapping[str, Any]], fmt: str = "md") -> str:
-    """The leaderboard as Markdown, CSV or LaTeX."""
-    header, cells = table(rows)
-    if fmt == "csv":
-        import csv
-        import io
-
-        buffer = io.StringIO()
-        writer = csv.writer(buffer)
-        writer.writerow(header)
-        writer.writerows(cells)
-        return buffer.getvalue()
-    from tabulate import tabulate
-
-    if fmt == "latex":
-        return tabulate(cells, headers=header, tablefmt="latex_booktabs")
-    return tabulate(cells, headers=header, tablefmt="github", disable_numparse=True)
+def with_published(rows: Sequence[dict[str, Any]], datasets: Iterable[str], sort: str = "delta_m"
+                   ) -> list[dict[str, Any]]:
+    """``rows`` plus the published rows of ``datasets``, sorted."""
+    extra = [row for name in sorted(set(datasets)) for row in published_rows(name)]
+    out = list(rows) + extra
+    mark_pareto(out)
+    return sort_rows(out, sort)

@@ -46,6 +46,33 @@ def write_json_atomic(path: Path, data: Mapping[str, Any]) -> Path:
             handle.write("\n")
             handle.flush()
             os.fsync(handle.fileno())
+        _default_mode(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _default_mode(path: str) -> None:
+    """Give a temporary file the mode a plain ``open()`` would (mkstemp makes it private, 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def write_text_atomic(path: Path, text: str | bytes) -> Path:
+    """Write ``text`` (or bytes) to ``path`` via a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(text.encode("utf-8") if isinstance(text, str) else text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        _default_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -112,9 +139,20 @@ def read_records(root: Path) -> list[dict[str, Any]]:
     return records
 
 
-def flatten_record(record: Mapping[str, Any]) -> dict[str, Any]:
-    """One flat row: identity columns, ``metric.<task>.<name>``, ``params.<key>``, efficiency."""
-    row: dict[str, Any] = {
+def _flatten_into(row: dict[str, Any], prefix: str, value: Any) -> None:
+    """``{"a": {"b": 1}}`` under ``prefix`` → ``row["prefix.a.b"] = 1`` (lists are left out)."""
+    if isinstance(value, Mapping):
+        for key, sub in value.items():
+            _flatten_into(row, f"{prefix}.{key}", sub)
+    elif not isinstance(value, (list, tuple)):
+        row[prefix] = value
+
+
+IDENTITY_COLUMNS = ("run_id", "method", "dataset", "tasks", "n_tasks", "seed", "preset", "tag")
+
+
+def _identity(record: Mapping[str, Any]) -> dict[str, Any]:
+    return {
         "run_id": record.get("run_id"),
         "method": record.get("method"),
         "dataset": record.get("dataset"),
@@ -123,6 +161,21 @@ def flatten_record(record: Mapping[str, Any]) -> dict[str, Any]:
         "seed": record.get("seed"),
         "preset": record.get("preset"),
         "tag": record.get("tag", ""),
+    }
+
+
+def flatten_record(record: Mapping[str, Any]) -> dict[str, Any]:
+    """One flat row of a run record.
+
+    Columns: the identity (``run_id, method, dataset, tasks, n_tasks, seed, preset, tag``), ``status``,
+    ``created``, ``config_hash``, ``recipe_key``, ``wall_time_s``, ``weights``, ``delta_m`` and
+    ``delta_m_baseline``; ``metric.<task>.<metric>``; ``params.<summary key>`` (e.g.
+    ``params.total_trainable``), ``params.group.<group>.trainable|total`` and ``params.optimizer``;
+    ``efficiency.<key>`` with nested keys joined by dots (e.g. ``efficiency.latency_ms``,
+    ``efficiency.inference.merged.latency_ms``); ``method_info.<key>``; ``path``.
+    """
+    row: dict[str, Any] = {
+        **_identity(record),
         "status": record.get("status"),
         "created": record.get("created"),
         "config_hash": record.get("config_hash"),
@@ -136,24 +189,52 @@ def flatten_record(record: Mapping[str, Any]) -> dict[str, Any]:
     for task, values in (record.get("metrics") or {}).items():
         for name, value in values.items():
             row[f"metric.{task}.{name}"] = value
-    for key, value in ((record.get("params") or {}).get("summary") or {}).items():
+    params = record.get("params") or {}
+    for key, value in (params.get("summary") or {}).items():
         row[f"params.{key}"] = value
-    for key, value in (record.get("efficiency") or {}).items():
-        if not isinstance(value, (dict, list)):
-            row[f"efficiency.{key}"] = value
-    for key, value in (record.get("method_info") or {}).items():
-        if not isinstance(value, (dict, list)):
-            row[f"method_info.{key}"] = value
+    _flatten_into(row, "params.group", params.get("groups") or {})
+    if "optimizer" in params:
+        row["params.optimizer"] = params["optimizer"]
+    _flatten_into(row, "efficiency", record.get("efficiency") or {})
+    _flatten_into(row, "method_info", record.get("method_info") or {})
     return row
 
 
 def load_results(path: str | os.PathLike = "results"):
     """Load every run record under ``path`` into a ``pandas.DataFrame`` (one row per run, flat columns).
 
-    Columns: ``run_id, method, dataset, tasks, seed, preset, ...``, ``metric.<task>.<metric>``,
-    ``params.<summary key>``, ``efficiency.<key>``, ``delta_m``.
+    See :func:`flatten_record` for the columns. Torch is not imported. Example::
+
+        df = load_results("results")
+        df.groupby("method")["delta_m"].agg(["mean", "std"])
     """
     import pandas as pd
 
     rows = [flatten_record(r) for r in read_records(Path(path))]
+    return pd.DataFrame(rows)
+
+
+def history_rows(record: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per epoch of a run's ``history``: identity columns, ``status``, ``epoch``, ``loss``, ``lr``,
+    ``steps``, ``seconds``, ``task_loss.<task>`` and, at evaluated epochs, ``val.<task>.<metric>``."""
+    rows = []
+    for entry in record.get("history") or []:
+        row: dict[str, Any] = {**_identity(record), "status": record.get("status")}
+        for key in ("epoch", "loss", "lr", "steps", "seconds"):
+            row[key] = entry.get(key)
+        for task, value in (entry.get("task_losses") or {}).items():
+            row[f"task_loss.{task}"] = value
+        for task, values in (entry.get("val") or {}).items():
+            for name, value in values.items():
+                row[f"val.{task}.{name}"] = value
+        rows.append(row)
+    return rows
+
+
+def load_history(path: str | os.PathLike = "results"):
+    """Training curves of every run under ``path`` as a long ``pandas.DataFrame`` (one row per run and
+    epoch; columns of :func:`history_rows`). Torch is not imported."""
+    import pandas as pd
+
+    rows = [row for record in read_records(Path(path)) for row in history_rows(record)]
     return pd.DataFrame(rows)

@@ -236,9 +236,9 @@ def run(cfg: RunConfig | None = None, /, *, resume: bool | str | None = None, **
     from mtpeft_bench.backbone import create_backbone
     from mtpeft_bench.baselines import compute_delta
     from mtpeft_bench.checkpoint import runs_root
-    from mtpeft_bench.engine import Schedule, Trainer
+    from mtpeft_bench.engine import Schedule, Trainer, _autocast
     from mtpeft_bench.loop import EpochLoop
-    from mtpeft_bench.measure import parameter_groups, parameter_summary
+    from mtpeft_bench.measure import FLOPS_COUNTED, parameter_groups, parameter_summary, profile_inference
     from mtpeft_bench.model import build_model, task_outputs_of
     from mtpeft_bench.results import SCHEMA_VERSION, read_records, write_record
     from mtpeft_bench.session import RunSession
@@ -315,6 +315,10 @@ def run(cfg: RunConfig | None = None, /, *, resume: bool | str | None = None, **
         ctx.barrier()  # rank 0 writes the record
         return {}
     history = loop.history
+    # After the peak-memory reading: a merged copy of the encoder must not count as the run's memory.
+    inference = profile_inference(model, resolved.image_size, val_loader.batch_size, device,
+                                  warmup=cfg.measure_warmup, repeats=cfg.measure_repeats,
+                                  autocast=lambda: _autocast(device, cfg.amp, cfg.amp_dtype))
     encoder = model.encoder
     method_info = dict(encoder.method_info()) if callable(getattr(encoder, "method_info", None)) else {}
     stamp = _dt.datetime.now(_dt.timezone.utc)
@@ -341,6 +345,12 @@ def run(cfg: RunConfig | None = None, /, *, resume: bool | str | None = None, **
             "timing": "model compute only (forward+backward+step for training, forward for inference), "
                       "after warm-up steps, CUDA-synchronised"
                       + ("; summed over processes; peak memory of rank 0" if ctx.distributed else ""),
+            "flops_per_image": inference["unmerged"]["flops_per_image"],
+            "latency_ms": inference["unmerged"]["latency_ms"],
+            "inference": inference,
+            "flops_counted": FLOPS_COUNTED,
+            "latency_timing": f"median of {cfg.measure_repeats} forwards at batch 1 on random images after "
+                              f"{cfg.measure_warmup} warm-up forwards, CUDA-synchronised (rank 0)",
         },
         "weights": weights,
         "method_info": method_info,
@@ -365,8 +375,12 @@ def run(cfg: RunConfig | None = None, /, *, resume: bool | str | None = None, **
         print(f"Δm = {delta['value']:+.2f} % vs {delta['baseline']['source']} single-task baselines")
     else:
         print(f"Δm: n/a ({delta['baseline'].get('reason')})")
+    latency = inference["unmerged"]["latency_ms"]
     print(f"trainable parameters: {summary['total_trainable']:,} · peak memory {peak:.0f} MB ({memory_kind}) · "
-          f"train {record['efficiency']['train_images_per_s'] or 0:.1f} img/s · wall {record['wall_time_s']:.0f} s")
+          f"train {record['efficiency']['train_images_per_s'] or 0:.1f} img/s · "
+          f"{inference['unmerged']['flops_per_image'] / 1e9:.3g} GFLOPs/image"
+          + (f" · latency {latency:.3g} ms at batch 1" if latency is not None else "")
+          + f" · wall {record['wall_time_s']:.0f} s")
     print(f"result: {path}")
     return record
 
