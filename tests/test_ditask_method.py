@@ -16,7 +16,7 @@ from conftest import micro_backbone
 from mtpeft_bench.encoder import MultiTaskSwinEncoder
 from mtpeft_bench.errors import UserError
 from mtpeft_bench.measure import parameter_groups, parameter_summary
-from mtpeft_bench.methods.ditask.adapter import DiTASKLinear, DiTASKStream, factored_is_cheaper
+from mtpeft_bench.methods.ditask.adapter import DiTASKLinear, DiTASKStream, InputDropout, factored_is_cheaper
 from mtpeft_bench.methods.ditask.cpa import warp_spectrum
 from mtpeft_bench.model import build_model
 from mtpeft_bench.registry import get_method
@@ -159,6 +159,36 @@ def test_warped_weight_matches_the_svd_definition():
     torch.testing.assert_close(got, x @ expected_weight.T + qkv.base.bias.double(), atol=2e-4, rtol=1e-4)
 
 
+def test_input_dropout_rate_and_expectation():
+    drop = InputDropout(0.05)
+    x = torch.ones(400, 1000)
+    y = drop(x)
+    dropped = (y == 0).float().mean().item()
+    assert abs(dropped - 0.05) < 0.003  # 4e5 draws: the standard error is 3.4e-4
+    kept = y[y != 0]
+    assert torch.allclose(kept, torch.full_like(kept, 65536 / (65536 - 3277)))
+    assert abs(y.mean().item() - 1) < 0.005
+    assert not torch.equal(drop(x), y)  # a fresh mask every call
+    xg = x.clone().requires_grad_()
+    out = drop(xg)
+    out.sum().backward()
+    assert torch.equal(xg.grad, out.detach())  # the gradient is the mask times the scale
+    drop.eval()
+    assert torch.equal(drop(x), x)
+
+
+def test_task_inputs_get_no_dropout_but_the_shared_input_does():
+    encoder = build_encoder(init="identity", dropout=0.5).train()
+    stream = encoder.backbone.layers[2].blocks[1].fc2
+    layer = stream.layer
+    x = torch.ones(4, 512)
+    frozen = F.linear(x, layer.base.weight, layer.base.bias)
+    with torch.no_grad():
+        shared, per_task = stream(x, {"semseg": x, "depth": x})
+    assert all(torch.equal(y, frozen) for y in per_task.values())  # task streams: no dropout
+    assert not torch.allclose(shared, frozen)
+
+
 def test_task_transforms_warp_the_original_spectrum():
     encoder = build_encoder().eval()
     randomise_thetas(encoder, 1.0)
@@ -218,7 +248,7 @@ def test_mode_choice_counts_operations():
     assert not factored_is_cheaper(400, 768, 768, 768, grad=False, residual=True)
     encoder = build_encoder()
     encoder(images())
-    modes = encoder.method_info()["layer_modes"]
+    modes = encoder.method_info()["layer_modes"]["train"]
     assert modes["stage0:32x32"] == modes["stage0:128x32"] == "dense"  # 512 tokens, C = 32
     assert modes["stage3:256x256"] == modes["stage3:1024x256"] == "factored"  # 8 tokens, C = 256
 

@@ -69,6 +69,26 @@ def factored_is_cheaper(tokens: int, out_b: int, in_f: int, k: int, grad: bool, 
     return factored < dense
 
 
+class InputDropout(nn.Dropout):
+    """``nn.Dropout`` whose CPU mask costs half as much.
+
+    On the CPU, drawing one random float per element dominates dropout's cost; here each 64-bit
+    draw gives four 16-bit numbers and an element is dropped when its number falls below
+    round(p·2¹⁶), so the drop rate is p rounded to a multiple of 2⁻¹⁶ (0.05 → 0.0500031) and kept
+    elements are scaled by 1/(1 − that rate), keeping the expectation. CUDA and evaluation use
+    ``nn.Dropout`` unchanged.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0 or x.device.type != "cpu":
+            return super().forward(x)
+        drop = round(self.p * 65536)
+        n = x.numel()
+        bits = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device)
+        r = bits.view(torch.int16)[:n].view(x.shape)
+        return torch.where(r >= drop - 32768, x * (65536 / (65536 - drop)), 0.0)
+
+
 class DiTASKLinear(nn.Module):
     """A frozen ``nn.Linear`` whose weight is warped in its singular values (DITASK.md 2.2).
 
@@ -91,7 +111,7 @@ class DiTASKLinear(nn.Module):
         self.base = base
         self.blocks = blocks
         self.in_features, self.out_features = base.in_features, base.out_features
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = InputDropout(dropout)
         self.ditask_theta = nn.Parameter(torch.zeros(1, theta_dim(shared_cells)))
         self.ditask_task_theta = nn.ParameterDict(
             {t: nn.Parameter(torch.zeros(1, theta_dim(task_cells))) for t in tasks}) if tasks else None
@@ -134,10 +154,10 @@ class DiTASKStream(StreamLayer):
 
 @dataclass
 class _Rows:
-    """Where a (layer, variant) lives: group, first row of the group's warps, first slot, number of blocks."""
+    """Where a (layer, variant) lives: its group, its piece of the group's rows, first slot, number of blocks."""
 
     group: int
-    row: int
+    piece: int
     pos: int
     blocks: int
 
@@ -153,6 +173,7 @@ class _Group:
     start: int = 0  # offset of the group's warps in the packed output
     rows: int = 0
     row_pos: list | None = None  # slot of every warp row
+    pieces: list | None = None  # rows of every (layer, variant), in row order
 
 
 class DiTASKBank(nn.Module):
@@ -180,7 +201,7 @@ class DiTASKBank(nn.Module):
         self._live = [live for _, _, live in layers]
         self._stage_of = [stage for stage, _, _ in layers]
         self.last_kernel: str | None = None
-        self.last_modes: dict[str, str] = {}
+        self.last_modes: dict[str, dict[str, str]] = {}
         self._state: dict[str, Any] | None = None
         self._triton = None
 
@@ -223,7 +244,7 @@ class DiTASKBank(nn.Module):
             slots_of.setdefault(li, []).append(si)
         out_offset = 0
         for g, group in enumerate(self.groups):
-            group.start, group.row_pos = out_offset, []
+            group.start, group.row_pos, group.pieces = out_offset, [], []
             k = min(group.out_b, group.in_f)
             layer_ids = sorted({li for li, _, gg, _ in self._slots if gg == g})
             variants = [(li, SHARED) for li in layer_ids] + [(li, t) for li in layer_ids if self._live[li]
@@ -231,7 +252,8 @@ class DiTASKBank(nn.Module):
             for li, variant in variants:
                 cells, row = shared_rows[li] if variant is SHARED else task_rows[(li, variant)]
                 slots = slots_of[li]
-                self._rows[(li, variant)] = _Rows(g, len(group.row_pos), self._slots[slots[0]][3], len(slots))
+                self._rows[(li, variant)] = _Rows(g, len(group.pieces), self._slots[slots[0]][3], len(slots))
+                group.pieces.append(len(slots))
                 for si in slots:
                     warps.append((s_offsets[si], k, cells, row))
                     group.row_pos.append(self._slots[si][3])
@@ -337,19 +359,17 @@ class DiTASKBank(nn.Module):
             else:
                 delta = warp_packed_torch(self.pack, s, coeff, residual=True)
         self.last_kernel = kernel
-        self._state = {"delta": delta, "U": us, "V": vs, "s": s, "stages": {}}
+        # One split per tensor: slicing each layer's piece out separately would make the backward
+        # allocate a full-size zero gradient per slice.
+        sizes = [grp.rows * min(grp.out_b, grp.in_f) for grp in self.groups]
+        scales = []
+        for g, (grp, part) in enumerate(zip(self.groups, torch.split(delta, sizes))):
+            part = part.view(grp.rows, -1)
+            scales.append(part if self.residual else s[getattr(self, f"s_index{g}")] + part)
+        self._state = {"scale": scales, "U": us, "V": vs, "stages": {}}
 
     def end(self) -> None:
         self._state = None
-
-    def _group_scale(self, g: int) -> torch.Tensor:
-        """The (rows, k) diagonal of each warp row of group ``g``: s' − s (residual) or s'."""
-        group, st = self.groups[g], self._state
-        k = min(group.out_b, group.in_f)
-        delta = st["delta"][group.start:group.start + group.rows * k].view(group.rows, k)
-        if self.residual:
-            return delta
-        return st["s"][getattr(self, f"s_index{g}")] + delta
 
     def _prepare_stage(self, stage: int, tokens: int) -> dict[int, Any]:
         """Choose dense or factored for every group of ``stage`` and rebuild the dense ones, batched."""
@@ -363,16 +383,18 @@ class DiTASKBank(nn.Module):
                 factored = factored_is_cheaper(tokens, group.out_b, group.in_f, k, grad, self.residual)
             else:
                 factored = self.mode == "factored"
-            self.last_modes[f"stage{stage}:{group.out_b}x{group.in_f}"] = "factored" if factored else "dense"
+            modes = self.last_modes.setdefault("train" if grad else "no_grad", {})
+            modes[f"stage{stage}:{group.out_b}x{group.in_f}"] = "factored" if factored else "dense"
+            scale = self._state["scale"][g]  # (rows, k): s' − s (residual) or s'
             if factored:
-                plan[g] = None
+                plan[g] = (False, torch.split(scale, group.pieces))
                 continue
-            scale = self._group_scale(g)
             u, v = self._state["U"][g], self._state["V"][g]
             if group.rows != group.slots or group.row_pos != list(range(group.slots)):
                 pos = getattr(self, f"row_pos{g}")
                 u, v = u.index_select(0, pos), v.index_select(0, pos)
-            plan[g] = torch.bmm(u * scale.unsqueeze(1).to(u.dtype), v.mT)  # (rows, out_b, in)
+            rebuilt = torch.bmm(u * scale.unsqueeze(1).to(u.dtype), v.mT)  # (rows, out_b, in)
+            plan[g] = (True, torch.split(rebuilt, group.pieces))
         return plan
 
     def apply(self, layer: DiTASKLinear, x: torch.Tensor, variant: str | None) -> torch.Tensor:
@@ -390,12 +412,12 @@ class DiTASKBank(nn.Module):
         if stage not in stages:
             stages[stage] = self._prepare_stage(stage, max(1, x.numel() // layer.in_features))
         base = layer.base
-        rebuilt = stages[stage][where.group]
+        dense, pieces = stages[stage][where.group]
         n = where.blocks
-        if rebuilt is not None:
-            dw = rebuilt[where.row:where.row + n].reshape(layer.out_features, layer.in_features)
+        if dense:
+            dw = pieces[where.piece].reshape(layer.out_features, layer.in_features)
             return F.linear(x, base.weight + dw if self.residual else dw, base.bias)
-        scale = self._group_scale(where.group)[where.row:where.row + n]  # (n, k)
+        scale = pieces[where.piece]  # (n, k)
         u = self._state["U"][where.group][where.pos:where.pos + n]  # (n, out_b, k)
         v = self._state["V"][where.group][where.pos:where.pos + n]  # (n, in, k)
         lead = x.shape[:-1]

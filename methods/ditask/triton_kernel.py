@@ -122,7 +122,7 @@ def _trajectory(x0, t0, c0, coeff_ptr, a_off, ncf, nc, mask, eps, BLOCK: tl.cons
     c = c0
     count = tl.zeros([BLOCK], dtype=tl.int32)
     active = mask
-    it = 0
+    it = nc * 0  # an int32 tensor, so the loop-carried type never changes
     go = tl.sum(active.to(tl.int32), axis=0) > 0
     while go:
         a, b, vs, xc, dx, w, t_hit, nxt, crosses = _step(x, t, c, coeff_ptr, a_off, ncf, nc, active, eps)
