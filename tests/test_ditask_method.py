@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import pickle
 import sys
 import warnings
 
@@ -351,6 +352,10 @@ def test_deepcopy_keeps_the_bank_wiring():
     assert not torch.allclose(a["semseg"][0], b["semseg"][0])
     assert clone.ditask is not encoder.ditask
     assert all(layer.__dict__["_bank"] is clone.ditask for layer in adapted(clone))
+    restored = pickle.loads(pickle.dumps(clone))  # torch.save(model) works too
+    with torch.no_grad():
+        c = restored(images())
+    assert torch.equal(c["semseg"][0], b["semseg"][0])
 
 
 @pytest.mark.slow

@@ -170,7 +170,6 @@ class _Group:
     out_b: int
     in_f: int
     slots: int = 0
-    start: int = 0  # offset of the group's warps in the packed output
     rows: int = 0
     row_pos: list | None = None  # slot of every warp row
     pieces: list | None = None  # rows of every (layer, variant), in row order
@@ -203,7 +202,7 @@ class DiTASKBank(nn.Module):
         self.last_kernel: str | None = None
         self.last_modes: dict[str, dict[str, str]] = {}
         self._state: dict[str, Any] | None = None
-        self._triton = None
+        self._triton_ok: bool | None = None  # unknown until the kernel is first wanted
 
         # Slots (one SVD'd matrix each), grouped by (stage, shape).
         groups: dict[tuple[int, int, int], int] = {}
@@ -242,9 +241,8 @@ class DiTASKBank(nn.Module):
         slots_of = {}
         for si, (li, b, g, pos) in enumerate(self._slots):
             slots_of.setdefault(li, []).append(si)
-        out_offset = 0
         for g, group in enumerate(self.groups):
-            group.start, group.row_pos, group.pieces = out_offset, [], []
+            group.row_pos, group.pieces = [], []
             k = min(group.out_b, group.in_f)
             layer_ids = sorted({li for li, _, gg, _ in self._slots if gg == g})
             variants = [(li, SHARED) for li in layer_ids] + [(li, t) for li in layer_ids if self._live[li]
@@ -258,7 +256,6 @@ class DiTASKBank(nn.Module):
                     warps.append((s_offsets[si], k, cells, row))
                     group.row_pos.append(self._slots[si][3])
             group.rows = len(group.row_pos)
-            out_offset += group.rows * k
         self.pack = SpectrumPack(warps)
         for li, layer in enumerate(self._layers):
             layer.__dict__["_bank"] = self
@@ -272,7 +269,7 @@ class DiTASKBank(nn.Module):
             s_index = [[s_offsets[first_slot[(g, pos)]] + i for i in range(k)] for pos in group.row_pos]
             self.register_buffer(f"s_index{g}", torch.tensor(s_index), persistent=False)
         self.refresh_factors()
-        self.register_load_state_dict_post_hook(lambda module, keys: module.refresh_factors())
+        self.register_load_state_dict_post_hook(_refresh_after_load)
 
     # -- factors ----------------------------------------------------------------------------------
     def _slot_weight(self, si: int) -> torch.Tensor:
@@ -319,16 +316,18 @@ class DiTASKBank(nn.Module):
         return out
 
     def _load_triton(self):
-        if self._triton is None:
-            try:
-                from mtpeft_bench.methods.ditask import triton_kernel
-            except (ImportError, RuntimeError) as exc:
-                warnings.warn(f"DiTASK: Triton is not usable ({exc}); using the PyTorch reference of the CPA warp",
-                              RuntimeWarning, stacklevel=3)
-                self._triton = False
-            else:
-                self._triton = triton_kernel
-        return self._triton or None
+        """The kernel module, or None (with one warning) when Triton cannot be imported."""
+        if self._triton_ok is False:
+            return None
+        try:
+            from mtpeft_bench.methods.ditask import triton_kernel
+        except (ImportError, RuntimeError) as exc:
+            warnings.warn(f"DiTASK: Triton is not usable ({exc}); using the PyTorch reference of the CPA warp",
+                          RuntimeWarning, stacklevel=3)
+            self._triton_ok = False
+            return None
+        self._triton_ok = True
+        return triton_kernel
 
     def _choose_kernel(self, device: torch.device) -> str:
         if self.kernel == "torch":
@@ -339,6 +338,11 @@ class DiTASKBank(nn.Module):
         if self.kernel == "auto" and device.type != "cuda":
             return "torch"
         return "triton" if self._load_triton() is not None else "torch"
+
+    def _warp(self, s: torch.Tensor, coeff: torch.Tensor) -> tuple[torch.Tensor, str]:
+        if self._choose_kernel(s.device) == "triton":
+            return self._load_triton().warp_packed_triton(self.pack, s, coeff, residual=True), "triton"
+        return warp_packed_torch(self.pack, s, coeff, residual=True), "torch"
 
     def begin(self) -> None:
         """Warp every spectrum for this forward pass (one call for the whole model)."""
@@ -352,12 +356,7 @@ class DiTASKBank(nn.Module):
             s = self.s
         device_type = s.device.type
         with torch.autocast(device_type=device_type, enabled=False):  # the CPA runs in float32 (DITASK.md 5)
-            coeff = self.pack.coefficients(self._thetas())
-            kernel = self._choose_kernel(s.device)
-            if kernel == "triton":
-                delta = self._triton.warp_packed_triton(self.pack, s, coeff, residual=True)
-            else:
-                delta = warp_packed_torch(self.pack, s, coeff, residual=True)
+            delta, kernel = self._warp(s, self.pack.coefficients(self._thetas()))
         self.last_kernel = kernel
         # One split per tensor: slicing each layer's piece out separately would make the backward
         # allocate a full-size zero gradient per slice.
@@ -441,3 +440,8 @@ class DiTASKBank(nn.Module):
             "adapted_linears": len(self._layers),
             "warps_per_step": self.pack.count,
         }
+
+
+def _refresh_after_load(module: DiTASKBank, incompatible_keys: Any) -> None:
+    # The factors derive from the frozen weights, which a state dict may have just replaced.
+    module.refresh_factors()

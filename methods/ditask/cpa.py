@@ -169,6 +169,8 @@ def _crossing(x, t, c, coeff, base, nc: int):
     dx = xc - x
     w = a * dx / v_safe  # v_c / v = 1 + w
     t_hit = dx / v_safe * log1p_ratio(torch.where(moving, w, torch.zeros_like(w)))
+    # difw also refuses a crossing point exactly on the domain's edge; a nudged point never is, and
+    # leaving the domain is already refused through the next cell's index.
     crosses = (moving & (next_cell >= 0) & (next_cell < nc) & (vc.abs() >= EPS)
                & (torch.sign(vc) == torch.sign(v)) & (t_hit <= t))
     return a, b, v_safe, xc, dx, w, t_hit, next_cell, crosses
