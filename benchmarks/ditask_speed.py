@@ -22,7 +22,8 @@ import argparse
 import json
 import statistics
 import time
-from typing import Any, Callable
+from typing import Any
+from collections.abc import Callable
 
 import torch
 
@@ -43,7 +44,8 @@ def task_specs(dataset: str = "pascal_mt"):
     return get_dataset(dataset)().task_specs(None)
 
 
-def random_batch(specs, batch: int, size: int, device, seed: int = 0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def random_batch(specs, batch: int, size: int, device, seed: int = 0
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     g = torch.Generator().manual_seed(seed)
     images = torch.randn(batch, 3, size, size, generator=g)
     targets = {}
@@ -60,8 +62,8 @@ def random_batch(specs, batch: int, size: int, device, seed: int = 0) -> tuple[t
     return images.to(device), targets
 
 
-def build_variant(name: str, specs, size: int, device: torch.device, amp: bool, backbone: str = "swin_tiny_patch4_window7_224",
-                  ditask_options: dict[str, Any] | None = None):
+def build_variant(name: str, specs, size: int, device: torch.device, amp: bool,
+                  backbone: str = "swin_tiny_patch4_window7_224", ditask_options: dict[str, Any] | None = None):
     """A ``Trainer`` for one variant (random weights: the cost does not depend on them)."""
     from mtpeft_bench.backbone import create_backbone
     from mtpeft_bench.encoder import MultiTaskSwinEncoder
@@ -168,7 +170,8 @@ def run(variants, size: int, batch: int, rounds: int, warmup: int, device: str, 
     steps = {v: (lambda t=t: t.train_step(images, targets)) for v, t in trainers.items()}
     result: dict[str, Any] = {
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-        "threads": torch.get_num_threads(), "backbone": backbone, "image": size, "batch": batch, "rounds": rounds, "amp": amp,
+        "threads": torch.get_num_threads(), "backbone": backbone, "image": size, "batch": batch, "rounds": rounds,
+        "amp": amp,
         "steps": alternate(steps, rounds, warmup, dev),
         "modes": trainers["ditask"].model.encoder.method_info() if "ditask" in trainers else None,
     }

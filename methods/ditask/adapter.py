@@ -24,7 +24,8 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -233,13 +234,13 @@ class DiTASKBank(nn.Module):
 
         # Warps, laid out group by group: every slot's shared warp, then the task warps.
         s_offsets, offset = [], 0
-        for li, b, g, pos in self._slots:
+        for _, _, g, _ in self._slots:
             s_offsets.append(offset)
             offset += min(self.groups[g].out_b, self.groups[g].in_f)
         warps: list[tuple[int, int, int, int]] = []
         self._rows: dict[tuple[int, str | None], _Rows] = {}
         slots_of = {}
-        for si, (li, b, g, pos) in enumerate(self._slots):
+        for si, (li, _, _, _) in enumerate(self._slots):
             slots_of.setdefault(li, []).append(si)
         for g, group in enumerate(self.groups):
             group.row_pos, group.pieces = [], []

@@ -32,7 +32,7 @@ The integrator returns the displacement φ(x) − x, so the identity transform (
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
