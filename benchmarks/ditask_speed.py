@@ -1,0 +1,235 @@
+"""Side-by-side cost of a DiTASK training step, and of the CPA warp of a whole Swin-T.
+
+Variants (each a complete multi-task model with the PASCAL-Context task heads, trained by the
+suite's own ``Trainer`` step: forward, losses, backward, clipping, AdamW):
+
+- ``full``: full fine-tuning (shared features);
+- ``ditask``: DiTASK with the SVDs cached at build (the default);
+- ``ditask_svd``: DiTASK recomputing the SVD of every frozen matrix once per forward;
+- ``ditask_svd_official``: ... as often as the official code (again on every task path);
+- ``ditask_shared``: DiTASK without task streams (isolates the cost of the weight adaptation from
+  the cost of the per-task projection/MLP branches that the multi-task model adds);
+- ``lora``: LoRA through peft (r=4 on the 48 block linears, ``peft.inject_adapter_in_model``).
+
+Steps of the variants alternate (one step of each per round, the order rotated every round) so
+that load changes on a shared machine hit all of them alike; medians are reported, with wall time
+and process CPU time. Run ``python benchmarks/ditask_speed.py --help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from typing import Any
+from collections.abc import Callable
+
+import torch
+
+
+LORA_TARGETS = r".*\.(attn\.(qkv|proj)|mlp\.(fc1|fc2))$"
+VARIANTS = ("full", "ditask", "ditask_svd", "ditask_svd_official", "ditask_shared", "lora")
+DITASK_OPTIONS = {
+    "ditask": {},
+    "ditask_svd": {"svd_recompute": "per_forward"},
+    "ditask_svd_official": {"svd_recompute": "per_use"},
+    "ditask_shared": {"task_streams": False},
+}
+
+
+def task_specs(dataset: str = "pascal_mt"):
+    from mtpeft_bench.registry import get_dataset
+
+    return get_dataset(dataset)().task_specs(None)
+
+
+def random_batch(specs, batch: int, size: int, device, seed: int = 0
+                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(batch, 3, size, size, generator=g)
+    targets = {}
+    for s in specs:
+        if s.kind == "segmentation":
+            t = torch.randint(0, s.num_outputs, (batch, size, size), generator=g)
+        elif s.kind == "depth":
+            t = torch.rand(batch, 1, size, size, generator=g) * 5 + 0.5
+        elif s.kind == "normals":
+            t = torch.nn.functional.normalize(torch.randn(batch, 3, size, size, generator=g), dim=1)
+        else:
+            t = torch.randint(0, 2, (batch, 1, size, size), generator=g).float()
+        targets[s.name] = t.to(device)
+    return images.to(device), targets
+
+
+def build_variant(name: str, specs, size: int, device: torch.device, amp: bool,
+                  backbone: str = "swin_tiny_patch4_window7_224", ditask_options: dict[str, Any] | None = None):
+    """A ``Trainer`` for one variant (random weights: the cost does not depend on them)."""
+    from mtpeft_bench.backbone import create_backbone
+    from mtpeft_bench.encoder import MultiTaskSwinEncoder
+    from mtpeft_bench.engine import Schedule, Trainer
+    from mtpeft_bench.methods.base import freeze
+    from mtpeft_bench.model import MultiTaskModel, build_model, task_outputs_of
+    from mtpeft_bench.registry import get_method
+    from mtpeft_bench.tasks.base import config_from_mapping
+
+    torch.manual_seed(0)
+    bb, _ = create_backbone(backbone, (size, size), "none", 0.0)
+    outputs = task_outputs_of(specs)
+    if name == "lora":
+        from peft import LoraConfig, inject_adapter_in_model
+
+        freeze(bb)
+        bb = inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, target_modules=LORA_TARGETS), bb)
+        model = MultiTaskModel(MultiTaskSwinEncoder(bb, list(outputs)), outputs)
+    else:
+        method = "full" if name == "full" else "ditask"
+        cls = get_method(method)
+        options = {**DITASK_OPTIONS.get(name, {}), **(ditask_options or {})} if method == "ditask" else {}
+        model, _ = build_model(cls(), config_from_mapping(cls.Config, options, method), bb, outputs)
+    model.to(device).train()
+    schedule = Schedule(lr=1e-4, warmup_lr=1e-4, min_lr=1e-4, total_steps=10_000, warmup_steps=0)
+    return Trainer(model, specs, device, schedule, amp=amp and device.type == "cuda", progress=False)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def alternate(steps: dict[str, Callable[[], Any]], rounds: int, warmup: int, device: torch.device) -> dict[str, dict]:
+    """Time each callable ``rounds`` times, one call of each per round, rotating the order."""
+    names = list(steps)
+    for _ in range(warmup):
+        for n in names:
+            steps[n]()
+    wall: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for n in order:
+            _sync(device)
+            w0, c0 = time.perf_counter(), time.process_time()
+            steps[n]()
+            _sync(device)
+            wall[n].append(time.perf_counter() - w0)
+            cpu[n].append(time.process_time() - c0)
+    return {n: {"wall_s": statistics.median(wall[n]), "cpu_s": statistics.median(cpu[n]), "wall_all": wall[n]}
+            for n in names}
+
+
+def swin_t_pack(tasks: int = 4, shared_cells: int = 64, task_cells: int = 4):
+    """The SpectrumPack and θ of DiTASK on Swin-T (the same layout the method builds)."""
+    from mtpeft_bench.methods.ditask.cpa import SpectrumPack
+
+    warps, offset, rows = [], 0, {shared_cells: 0, task_cells: 0}
+    for c, depth in zip((96, 192, 384, 768), (2, 2, 6, 2)):
+        for block in range(depth):
+            for role in range(4):  # qkv (3 blocks), proj, fc1, fc2
+                first = offset
+                for _ in range(3 if role == 0 else 1):
+                    warps.append((offset, c, shared_cells, rows[shared_cells]))
+                    offset += c
+                rows[shared_cells] += 1
+                if block == depth - 1 and role > 0:
+                    for _ in range(tasks):
+                        warps.append((first, c, task_cells, rows[task_cells]))
+                        rows[task_cells] += 1
+    return SpectrumPack(warps), offset
+
+
+def cpa_step(kernel: str, device: torch.device, seed: int = 0) -> Callable[[], None]:
+    """Forward + backward of the warp of every Swin-T spectrum (shared and task) with one kernel."""
+    from mtpeft_bench.methods.ditask.cpa import warp_packed_torch
+
+    pack, numel = swin_t_pack()
+    pack = pack.to(device)
+    g = torch.Generator().manual_seed(seed)
+    s = torch.sort(torch.rand(numel, generator=g) * 3, descending=True).values.to(device)
+    thetas = {nc: ((torch.rand(r, nc - 1, generator=g) * 2 - 1) / (nc - 1) ** 0.5).to(device).requires_grad_()
+              for nc, r in pack.rows.items()}
+    if kernel == "triton":
+        from mtpeft_bench.methods.ditask.triton_kernel import warp_packed_triton as warp
+    else:
+        warp = warp_packed_torch
+    weights = torch.randn(pack.numel, generator=g).to(device)
+
+    def step():
+        out = warp(pack, s, pack.coefficients(thetas))
+        (out * weights).sum().backward()
+
+    return step
+
+
+def run(variants, size: int, batch: int, rounds: int, warmup: int, device: str, amp: bool, cpa_rounds: int,
+        backbone: str = "swin_tiny_patch4_window7_224") -> dict:
+    dev = torch.device(device)
+    specs = task_specs()
+    trainers = {v: build_variant(v, specs, size, dev, amp, backbone) for v in variants}
+    images, targets = random_batch(specs, batch, size, dev)
+    steps = {v: (lambda t=t: t.train_step(images, targets)) for v, t in trainers.items()}
+    result: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "threads": torch.get_num_threads(), "backbone": backbone, "image": size, "batch": batch, "rounds": rounds,
+        "amp": amp,
+        "steps": alternate(steps, rounds, warmup, dev),
+        "modes": trainers["ditask"].model.encoder.method_info() if "ditask" in trainers else None,
+    }
+    del trainers, steps
+    kernels = ["torch"] + (["triton"] if dev.type == "cuda" else [])
+    if cpa_rounds:
+        result["cpa_fwd_bwd"] = alternate({k: cpa_step(k, dev) for k in kernels}, cpa_rounds, 2, dev)
+    t = result["steps"]
+    ratios = {}
+    if "full" in t:
+        for v in t:
+            if v != "full":
+                ratios[f"{v}/full"] = t[v]["wall_s"] / t["full"]["wall_s"]
+    if "ditask" in t:
+        for v in ("ditask_svd", "ditask_svd_official"):
+            if v in t:
+                ratios[f"{v}/ditask"] = t[v]["wall_s"] / t["ditask"]["wall_s"]
+                ratios[f"{v}/ditask (cpu time)"] = t[v]["cpu_s"] / t["ditask"]["cpu_s"]
+    if "full" in t and "ditask" in t:
+        ratios["ditask/full (cpu time)"] = t["ditask"]["cpu_s"] / t["full"]["cpu_s"]
+    result["ratios"] = ratios
+    return result
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", default="full,ditask,ditask_svd", help=f"comma list of {', '.join(VARIANTS)}")
+    parser.add_argument("--backbone", default="swin_tiny_patch4_window7_224")
+    parser.add_argument("--image", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--cpa-rounds", type=int, default=10)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--no-amp", action="store_true")
+    parser.add_argument("--json", default=None, help="write the result here")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {VARIANTS}")
+    result = run(variants, args.image, args.batch, args.rounds, args.warmup, args.device, not args.no_amp,
+                 args.cpa_rounds, args.backbone)
+    print(f"device {result['device']} · threads {result['threads']} · {args.image}px · batch {args.batch} · "
+          f"{args.rounds} rounds (median)")
+    for v, r in result["steps"].items():
+        print(f"  {v:22s} wall {r['wall_s'] * 1e3:9.1f} ms   cpu {r['cpu_s'] * 1e3:9.1f} ms")
+    for k, r in (result.get("cpa_fwd_bwd") or {}).items():
+        print(f"  CPA warp fwd+bwd, Swin-T, {k:6s} wall {r['wall_s'] * 1e3:8.2f} ms")
+    for k, v in result["ratios"].items():
+        print(f"  {k:34s} {v:6.2f}")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(result, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()
