@@ -231,6 +231,11 @@ def data_show(dataset, out, count, split, tasks, data_root, sets):
     click.echo(f"wrote {path}")
 
 
+from mtpeft_bench.cli_pretrain import pretrain as _pretrain  # noqa: E402  (a command in its own module)
+
+cli.add_command(_pretrain)
+
+
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
