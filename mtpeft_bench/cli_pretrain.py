@@ -12,9 +12,9 @@ from mtpeft_bench.errors import UserError
 
 EXAMPLES = """\b
 Examples:
-  mtbench pretrain --config micro --seed 0 --steps 3000 --out /tmp/swin_micro.safetensors
+  mtbench pretrain --config micro --seed 0 --steps 700 --out /tmp/swin_micro.safetensors
   mtbench pretrain --config micro --steps 20 --out /tmp/check.safetensors --check-card   # vs the shipped card
-  mtbench pretrain --config mini --steps 1500 --out /tmp/mini.safetensors --set mask_ratio=0.5
+  mtbench pretrain --config mini --steps 400 --out /tmp/mini.safetensors --set mask_ratio=0.6
   mtbench run --method decoder_only --preset smoke --weights /tmp/swin_micro.safetensors
 """
 
