@@ -29,11 +29,16 @@ from torch import nn
 from mtpeft_bench.errors import UserError
 
 
-# Small Swin configurations for CPU runs; none of them has hub weights.
+# Small Swin configurations for CPU runs; none of them has hub weights (mtbench ships its own: --weights builtin).
 BACKBONE_ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
     "swin_micro": (
         "swin_tiny_patch4_window7_224",
         dict(embed_dim=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8), window_size=4),
+    ),
+    # Swin-T's depths at a third of its width (3.07 M parameters): the `cpu` preset's backbone.
+    "swin_mini": (
+        "swin_tiny_patch4_window7_224",
+        dict(embed_dim=32, depths=(2, 2, 6, 2), num_heads=(1, 2, 4, 8), window_size=4),
     ),
 }
 

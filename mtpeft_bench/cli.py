@@ -262,11 +262,13 @@ def data_show(dataset, out, count, split, tasks, data_root, sets):
 
 
 from mtpeft_bench import cli_data  # noqa: E402  (prepare / verify of the real datasets)
+from mtpeft_bench.cli_pretrain import pretrain as _pretrain  # noqa: E402  (a command in its own module)
 from mtpeft_bench.cli_report import register as _register_report_commands  # noqa: E402  (plot, bench)
 from mtpeft_bench.cli_sweep import sweep  # noqa: E402  (a command in its own module)
 
 cli_data.register(data)
 cli.add_command(sweep)
+cli.add_command(_pretrain)
 _register_report_commands(cli)
 
 

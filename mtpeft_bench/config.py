@@ -6,9 +6,11 @@ plugins' ``Config`` dataclasses and are set with ``--set method.<key>=<value>`` 
 
 Presets:
 
-- ``smoke``: a micro Swin at 64 px with random weights, a few hundred steps: a check that
-  everything runs end to end (under 2 minutes on 2 CPU cores), not a result.
-- ``cpu``: a run worth reading on a CPU: Swin-T at the dataset's native size on ``synth``.
+- ``smoke``: a micro Swin at 64 px with mtbench's built-in pretrained weights (``--weights
+  builtin``, :mod:`mtpeft_bench.builtin_weights`), a few hundred steps: a check that everything
+  runs end to end (under 2 minutes on 2 CPU cores), not a result.
+- ``cpu``: a run worth reading on a CPU: the mini Swin (``swin_mini``) with its built-in
+  pretrained weights at the dataset's native size on ``synth``; works offline.
 - ``paper``: the published recipe (PROTOCOL.md 4.4): Swin-T, 448 px, 300 epochs, batch 32,
   AdamW 5e-4 × batch/512, 20 warm-up epochs then cosine, weight decay 0.05, drop-path 0.2,
   gradient clipping 5, AMP.
@@ -87,12 +89,12 @@ class RunConfig:
 
 PRESETS: dict[str, dict[str, Any]] = {
     "smoke": dict(
-        backbone="swin_micro", weights="none", image_size=(64, 64), drop_path=0.0,
+        backbone="swin_micro", weights="builtin", image_size=(64, 64), drop_path=0.0,
         epochs=3, batch_size=16, base_lr=1e-3 * 512 / 16, warmup_lr=1e-6 * 512 / 16, min_lr=1e-5 * 512 / 16,
         warmup_epochs=0.5, eval_every=0, num_workers=0, amp=False, measure_repeats=10, measure_warmup=2,
     ),
     "cpu": dict(
-        backbone="swin_tiny_patch4_window7_224", weights="timm", image_size=None, drop_path=0.1,
+        backbone="swin_mini", weights="builtin", image_size=None, drop_path=0.1,
         epochs=10, batch_size=16, base_lr=2e-4 * 512 / 16, warmup_lr=2e-7 * 512 / 16, min_lr=2e-6 * 512 / 16,
         warmup_epochs=1, eval_every=5, num_workers=2, amp=False,
     ),
@@ -100,8 +102,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 PRESET_HELP = {
-    "smoke": "micro Swin, 64 px, random init, ~200 steps: checks the pipeline (< 2 min on 2 CPU cores)",
-    "cpu": "Swin-T at the dataset's size, pretrained, 10 epochs: a run worth reading on a CPU",
+    "smoke": "micro Swin, 64 px, built-in pretrained weights, ~200 steps: checks the pipeline (< 2 min on 2 CPU cores)",
+    "cpu": "mini Swin at the dataset's size, built-in pretrained weights, 10 epochs: a run worth reading on a CPU",
     "paper": "the published recipe: Swin-T, 448 px, 300 epochs, batch 32, AdamW 5e-4×batch/512",
 }
 

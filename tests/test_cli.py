@@ -100,7 +100,11 @@ def test_smoke_run_then_compare_with_suite_baselines(capsys, tmp_path):
     for key in ("schema_version", "config", "metrics", "delta_m", "params", "efficiency", "weights",
                 "environment", "history", "task_specs", "recipe_key"):
         assert key in record
-    assert record["weights"]["source"] == "none"
+    # the smoke preset runs on the shipped pretrained micro Swin (mtpeft_bench/weights)
+    from mtpeft_bench.builtin_weights import card
+
+    assert record["weights"]["source"] == "builtin"
+    assert record["weights"]["sha256"] == card()["models"]["swin_micro"]["sha256"]
     assert record["efficiency"]["train_images_per_s"] > 0
     assert record["params"]["optimizer"] == record["params"]["summary"]["total_trainable"]
 
