@@ -90,9 +90,16 @@ def _peft_fields(peft_type: str) -> dict[str, Any]:
     return {f.name: f for f in dataclasses.fields(cls) if f.name not in base and f.name not in _NOT_OPTIONS}
 
 
+def available_types() -> tuple[str, ...]:
+    """The tested types the installed peft provides (older peft versions lack some)."""
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
+
+    return tuple(t for t in TESTED_TYPES if t in PEFT_TYPE_TO_CONFIG_MAPPING and t in PEFT_TYPE_TO_TUNER_MAPPING)
+
+
 def _option_names() -> list[str]:
     names: set[str] = set()
-    for peft_type in TESTED_TYPES:
+    for peft_type in available_types():
         names.update(_peft_fields(peft_type))
     return sorted(names)
 
@@ -112,6 +119,10 @@ def _normalise_type(value: Any) -> str:
         close = difflib.get_close_matches(name, TESTED_TYPES, n=1)
         hint = f"; did you mean {close[0]}?" if close else ""
         raise ValueError(f"unknown peft type '{value}'{hint} Tested types: {', '.join(TESTED_TYPES)}")
+    if name not in available_types():
+        import peft
+
+        raise ValueError(f"peft type {name} is not in the installed peft {peft.__version__}; upgrade peft (tested: 0.21)")
     return name
 
 

@@ -34,6 +34,12 @@ def _tested_types():
     return TESTED_TYPES
 
 
+def _available_types():
+    from mtpeft_bench.methods.peft_generic import available_types
+
+    return available_types()
+
+
 def train_two_steps(peft_type, **options):
     """Build ``peft`` with ``peft_type`` on the micro Swin, take two steps, check what changed."""
     torch.manual_seed(0)
@@ -65,13 +71,13 @@ def test_tuner_trains_on_a_swin(peft_type):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("peft_type", sorted(set(_tested_types()) - {*FAST_TYPES, "LORA", "LN_TUNING"}))
+@pytest.mark.parametrize("peft_type", sorted(set(_available_types()) - {*FAST_TYPES, "LORA", "LN_TUNING"}))
 def test_every_tested_tuner_trains_on_a_micro_swin(peft_type):
     train_two_steps(peft_type)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("peft_type", sorted(set(_tested_types()) - set(SVD_AT_INJECTION)))
+@pytest.mark.parametrize("peft_type", sorted(set(_available_types()) - set(SVD_AT_INJECTION)))
 def test_every_tested_tuner_builds_on_swin_t(peft_type):
     from mtpeft_bench.backbone import create_backbone
 
@@ -141,3 +147,12 @@ def test_result_records_the_tuner_and_its_options():
     info = encoder.method_info()
     assert info["peft_type"] == "LOHA" and info["peft_options"]["r"] == 2
     assert info["peft_options"]["target_modules"] == r".*\.(attn\.(qkv|proj)|mlp\.(fc1|fc2))$"
+
+
+def test_a_tested_type_missing_from_an_older_peft_is_a_one_line_error(monkeypatch):
+    from mtpeft_bench.methods import peft_generic
+
+    monkeypatch.setattr(peft_generic, "available_types", lambda: ("LORA",))
+    with pytest.raises(UserError) as info:
+        config(peft_type="VERA")
+    assert "is not in the installed peft" in str(info.value) and "\n" not in str(info.value)
