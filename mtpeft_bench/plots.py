@@ -55,7 +55,8 @@ def _slug(text: str) -> str:
 
 
 def _label(row: Mapping[str, Any], several_sets: bool) -> str:
-    text = row["method"] + (f" [{row['tag']}]" if row.get("tag") else "")
+    text = row["method"] + (f" ({row['variant']})" if row.get("variant") else "") \
+        + (f" [{row['tag']}]" if row.get("tag") else "")
     if len(row["tasks"]) == 1:
         return f"{text} ({row['tasks'][0]} only)"
     return f"{text} ({_tasks_label(row['tasks'])})" if several_sets else text

@@ -12,6 +12,8 @@ turned into text by :mod:`mtpeft_bench.tables` (re-exported here: ``render``, ``
 
 from __future__ import annotations
 
+import json
+
 from typing import Any, Iterable, Mapping, Sequence
 
 from mtpeft_bench.baselines import compute_delta, load_reference
@@ -49,9 +51,28 @@ def pareto_front(points: Sequence[tuple[float | None, float | None]]) -> list[bo
     return marks
 
 
+def _method_options(rec: Mapping[str, Any]) -> str:
+    """The run's method options as canonical JSON (runs that differ in them are different rows)."""
+    return json.dumps(rec.get("method_config") or {}, sort_keys=True, default=str)
+
+
 def _row_key(rec: Mapping[str, Any]) -> tuple:
     return (rec["dataset"], rec["method"], tuple(rec.get("tasks", [])), rec.get("preset"), rec.get("tag", ""),
-            rec.get("recipe_key"))
+            rec.get("recipe_key"), _method_options(rec))
+
+
+def _label_variants(rows: Sequence[dict[str, Any]]) -> None:
+    """Set ``row["variant"]`` to the method options that tell apart rows of the same method, task
+    set, preset and tag (e.g. ``rank=64``); empty where a method has one configuration."""
+    families: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        families.setdefault((row["dataset"], row["method"], tuple(row["tasks"]), row["preset"], row["tag"]),
+                            []).append(row)
+    for family in families.values():
+        configs = [json.loads(r.get("_method_options") or "{}") for r in family]
+        differing = sorted({k for c in configs for k in c if any(o.get(k) != c.get(k) for o in configs)})
+        for row, config in zip(family, configs):
+            row["variant"] = ",".join(f"{k}={config.get(k)}" for k in differing) if len(family) > 1 else ""
 
 
 def _get(mapping: Mapping[str, Any] | None, *path: str) -> Any:
@@ -68,6 +89,7 @@ def _suite_row(key: tuple, recs: Sequence[Mapping[str, Any]], records: Sequence[
     row: dict[str, Any] = {
         "dataset": key[0], "method": key[1], "tasks": list(key[2]), "preset": key[3], "tag": key[4],
         "seeds": sorted(r.get("seed") for r in recs), "n": len(recs), "metrics": {}, "source": "suite",
+        "_method_options": key[6],
     }
     for task in first.get("tasks", []):
         spec = first["task_specs"][task]
@@ -123,6 +145,7 @@ def leaderboard(records: Iterable[Mapping[str, Any]], dataset: str | None = None
     for rec in records:
         groups.setdefault(_row_key(rec), []).append(rec)
     rows = [_suite_row(key, recs, records, baseline_method) for key, recs in groups.items()]
+    _label_variants(rows)
     if methods:
         rows = [r for r in rows if r["method"] in methods]
     if tags:

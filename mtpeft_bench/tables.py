@@ -70,7 +70,8 @@ def _memory_header(rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _method_cell(row: Mapping[str, Any]) -> str:
-    text = row["method"] + (f" [{row['tag']}]" if row.get("tag") else "")
+    text = row["method"] + (f" ({row['variant']})" if row.get("variant") else "") \
+        + (f" [{row['tag']}]" if row.get("tag") else "")
     if row.get("source") == "published":
         text += " (published)" if row.get("verified") else " (published, unverified)"
     return text
@@ -174,7 +175,7 @@ def csv_table(rows: Sequence[Mapping[str, Any]], param_groups: bool = False) -> 
     """Header and numeric cells for CSV: means and standard deviations in separate columns, full
     parameter counts and FLOPs, no formatting."""
     task_cols = _task_columns(rows)
-    header = ["method", "tasks", "preset", "seeds", "n", "tag", "dataset", "source", "verified"]
+    header = ["method", "variant", "tasks", "preset", "seeds", "n", "tag", "dataset", "source", "verified"]
     for task, name, _, _ in task_cols:
         header += [f"{task}.{name}", f"{task}.{name}.std"]
     header += ["delta_m", "delta_m.std", "delta_m_baseline", "delta_m_published", "pareto", "trainable"]
@@ -188,7 +189,7 @@ def csv_table(rows: Sequence[Mapping[str, Any]], param_groups: bool = False) -> 
     cells = []
     for row in rows:
         published = row.get("source") == "published"
-        line: list[Any] = [row["method"], ",".join(row["tasks"]), row["preset"] or "",
+        line: list[Any] = [row["method"], row.get("variant", ""), ",".join(row["tasks"]), row["preset"] or "",
                            ";".join(str(s) for s in row["seeds"]), row["n"], row.get("tag", ""), row["dataset"],
                            row.get("source_label", "published") if published else "suite",
                            ("true" if row.get("verified") else "false") if published else ""]

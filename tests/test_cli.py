@@ -120,7 +120,7 @@ def test_smoke_run_then_compare_with_suite_baselines(capsys, tmp_path):
         assert f"| {method}" in out
     assert "Δm % ↑" in out and "semseg mIoU ↑" in out
     code, out, _ = run_cli(["compare", "--results", str(out_dir), "--format", "csv"], capsys)
-    assert code == 0 and out.splitlines()[0].startswith("method,tasks")
+    assert code == 0 and out.splitlines()[0].startswith("method,variant,tasks")
     code, out, _ = run_cli(["compare", "--results", str(out_dir), "--format", "latex"], capsys)
     assert code == 0 and "\\toprule" in out
 

@@ -75,7 +75,7 @@ def test_leaderboard_aggregates_seeds_and_renders():
     # Δm per seed: (+10 + 10)/2 = 10 and (-10 - 10)/2 = -10 → 0.00 ± 14.14
     assert "0.00 ± 14.14" in text
     csv_text = render(rows, "csv")
-    assert csv_text.splitlines()[0].startswith("method,tasks,preset,seeds")
+    assert csv_text.splitlines()[0].startswith("method,variant,tasks,preset,seeds")
     assert "\\toprule" in render(rows, "latex")
 
 
@@ -139,3 +139,16 @@ def test_published_baselines_for_the_matching_protocol_only():
     rec["data_config"] = {"protocol": "mtlora"}
     rec["config"]["image_size"] = [224, 224]
     assert compute_delta(rec, [rec])["value"] is None
+
+
+def test_runs_with_different_method_options_are_different_rows():
+    runs = [record("mtlora", ["semseg"], [50.0], seed=0, method_config={"rank": 16, "task_rank": 4}),
+            record("mtlora", ["semseg"], [52.0], seed=1, method_config={"rank": 16, "task_rank": 4}),
+            record("mtlora", ["semseg"], [60.0], seed=0, method_config={"rank": 64, "task_rank": 4}),
+            record("full", ["semseg"], [55.0], method_config={})]
+    rows = leaderboard(runs)
+    mtlora = sorted((r for r in rows if r["method"] == "mtlora"), key=lambda r: r["variant"])
+    assert [(r["variant"], r["n"]) for r in mtlora] == [("rank=16", 2), ("rank=64", 1)]
+    assert next(r for r in rows if r["method"] == "full")["variant"] == ""
+    text = render(rows, "md")
+    assert "mtlora (rank=16)" in text and "mtlora (rank=64)" in text
