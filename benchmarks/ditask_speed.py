@@ -9,6 +9,10 @@ suite's own ``Trainer`` step: forward, losses, backward, clipping, AdamW):
 - ``ditask_svd_official``: ... as often as the official code (again on every task path);
 - ``ditask_shared``: DiTASK without task streams (isolates the cost of the weight adaptation from
   the cost of the per-task projection/MLP branches that the multi-task model adds);
+- ``ditask_torch``: DiTASK with the PyTorch reference of the CPA warp instead of the Triton kernel;
+- ``full_streams``: full fine-tuning of DiTASK's architecture: every weight trains, and the last
+  block of each stage has a trainable copy of proj/fc1/fc2 per task (the task streams), so that
+  ``ditask/full_streams`` isolates the cost of the method from the cost of the branched model;
 - ``lora``: LoRA through peft (r=4 on the 48 block linears, ``peft.inject_adapter_in_model``).
 
 Steps of the variants alternate (one step of each per round, the order rotated every round) so
@@ -29,9 +33,11 @@ import torch
 
 
 LORA_TARGETS = r".*\.(attn\.(qkv|proj)|mlp\.(fc1|fc2))$"
-VARIANTS = ("full", "ditask", "ditask_svd", "ditask_svd_official", "ditask_shared", "lora")
+VARIANTS = ("full", "full_streams", "ditask", "ditask_svd", "ditask_svd_official", "ditask_shared", "ditask_torch",
+            "lora")
 DITASK_OPTIONS = {
     "ditask": {},
+    "ditask_torch": {"kernel": "torch"},
     "ditask_svd": {"svd_recompute": "per_forward"},
     "ditask_svd_official": {"svd_recompute": "per_use"},
     "ditask_shared": {"task_streams": False},
@@ -82,6 +88,10 @@ def build_variant(name: str, specs, size: int, device: torch.device, amp: bool,
         freeze(bb)
         bb = inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, target_modules=LORA_TARGETS), bb)
         model = MultiTaskModel(MultiTaskSwinEncoder(bb, list(outputs)), outputs)
+    elif name == "full_streams":
+        tasks = list(outputs)
+        streams = lambda stage, role, linear: _PerTaskCopies(linear, tasks)  # noqa: E731
+        model = MultiTaskModel(MultiTaskSwinEncoder(bb, tasks, stream_factory=streams), outputs)
     else:
         method = "full" if name == "full" else "ditask"
         cls = get_method(method)
@@ -92,6 +102,22 @@ def build_variant(name: str, specs, size: int, device: torch.device, amp: bool,
     return Trainer(model, specs, device, schedule, amp=amp and device.type == "cuda", progress=False)
 
 
+class _PerTaskCopies(torch.nn.Module):
+    """A block linear shared by the shared stream, with a trainable copy per task (``full_streams``)."""
+
+    def __init__(self, linear: torch.nn.Linear, tasks):
+        import copy
+
+        super().__init__()
+        self.tasks = tuple(tasks)
+        self.shared = linear
+        self.per_task = torch.nn.ModuleDict({t: copy.deepcopy(linear) for t in self.tasks})
+
+    def forward(self, x, task_x):
+        inputs = {t: x for t in self.tasks} if task_x is None else task_x
+        return self.shared(x), {t: self.per_task[t](inputs[t]) for t in self.tasks}
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -100,9 +126,15 @@ def _sync(device: torch.device) -> None:
 def alternate(steps: dict[str, Callable[[], Any]], rounds: int, warmup: int, device: torch.device) -> dict[str, dict]:
     """Time each callable ``rounds`` times, one call of each per round, rotating the order."""
     names = list(steps)
+    peak: dict[str, float] = {}
     for _ in range(warmup):
         for n in names:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+                torch.cuda.reset_peak_memory_stats(device)
             steps[n]()
+            if device.type == "cuda":
+                peak[n] = max(peak.get(n, 0.0), torch.cuda.max_memory_allocated(device) / 2**30)
     wall: dict[str, list[float]] = {n: [] for n in names}
     cpu: dict[str, list[float]] = {n: [] for n in names}
     for r in range(rounds):
@@ -114,8 +146,26 @@ def alternate(steps: dict[str, Callable[[], Any]], rounds: int, warmup: int, dev
             _sync(device)
             wall[n].append(time.perf_counter() - w0)
             cpu[n].append(time.process_time() - c0)
-    return {n: {"wall_s": statistics.median(wall[n]), "cpu_s": statistics.median(cpu[n]), "wall_all": wall[n]}
-            for n in names}
+    return {n: {"wall_s": statistics.median(wall[n]), "cpu_s": statistics.median(cpu[n]), "wall_all": wall[n],
+                **({"peak_gib": peak[n]} if n in peak else {})} for n in names}
+
+
+def profile_steps(steps: dict[str, Callable[[], Any]], device: torch.device, path: str, rows: int = 30) -> None:
+    """One profiled step of each callable: its top operators by device (or CPU) time, all in one text file."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+    with open(path, "w") as fh:
+        for n, step in steps.items():
+            step()
+            _sync(device)
+            with profile(activities=activities) as prof:
+                step()
+                _sync(device)
+            fh.write(f"== {n}\n")
+            fh.write(prof.key_averages().table(sort_by=sort, row_limit=rows, max_name_column_width=60))
+            fh.write("\n\n")
 
 
 def swin_t_pack(tasks: int = 4, shared_cells: int = 64, task_cells: int = 4):
@@ -162,7 +212,7 @@ def cpa_step(kernel: str, device: torch.device, seed: int = 0) -> Callable[[], N
 
 
 def run(variants, size: int, batch: int, rounds: int, warmup: int, device: str, amp: bool, cpa_rounds: int,
-        backbone: str = "swin_tiny_patch4_window7_224") -> dict:
+        backbone: str = "swin_tiny_patch4_window7_224", profile: str | None = None) -> dict:
     dev = torch.device(device)
     specs = task_specs()
     trainers = {v: build_variant(v, specs, size, dev, amp, backbone) for v in variants}
@@ -175,6 +225,8 @@ def run(variants, size: int, batch: int, rounds: int, warmup: int, device: str, 
         "steps": alternate(steps, rounds, warmup, dev),
         "modes": trainers["ditask"].model.encoder.method_info() if "ditask" in trainers else None,
     }
+    if profile:
+        profile_steps(steps, dev, profile)
     del trainers, steps
     kernels = ["torch"] + (["triton"] if dev.type == "cuda" else [])
     if cpa_rounds:
@@ -190,6 +242,10 @@ def run(variants, size: int, batch: int, rounds: int, warmup: int, device: str, 
             if v in t:
                 ratios[f"{v}/ditask"] = t[v]["wall_s"] / t["ditask"]["wall_s"]
                 ratios[f"{v}/ditask (cpu time)"] = t[v]["cpu_s"] / t["ditask"]["cpu_s"]
+    if "full_streams" in t:
+        for v in ("ditask", "ditask_torch"):
+            if v in t:
+                ratios[f"{v}/full_streams"] = t[v]["wall_s"] / t["full_streams"]["wall_s"]
     if "full" in t and "ditask" in t:
         ratios["ditask/full (cpu time)"] = t["ditask"]["cpu_s"] / t["full"]["cpu_s"]
     result["ratios"] = ratios
@@ -209,6 +265,7 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--no-amp", action="store_true")
     parser.add_argument("--json", default=None, help="write the result here")
+    parser.add_argument("--profile", default=None, help="write the profile of one step of each variant to this text file")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -217,11 +274,13 @@ def main(argv=None) -> None:
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {VARIANTS}")
     result = run(variants, args.image, args.batch, args.rounds, args.warmup, args.device, not args.no_amp,
-                 args.cpa_rounds, args.backbone)
+                 args.cpa_rounds, args.backbone, args.profile)
     print(f"device {result['device']} · threads {result['threads']} · {args.image}px · batch {args.batch} · "
           f"{args.rounds} rounds (median)")
     for v, r in result["steps"].items():
-        print(f"  {v:22s} wall {r['wall_s'] * 1e3:9.1f} ms   cpu {r['cpu_s'] * 1e3:9.1f} ms")
+        spread = f"[{min(r['wall_all']) * 1e3:.1f}–{max(r['wall_all']) * 1e3:.1f}]"
+        peak = f"   peak {r['peak_gib']:.1f} GiB" if "peak_gib" in r else ""
+        print(f"  {v:22s} wall {r['wall_s'] * 1e3:9.1f} ms {spread:>17s}   cpu {r['cpu_s'] * 1e3:9.1f} ms{peak}")
     for k, r in (result.get("cpa_fwd_bwd") or {}).items():
         print(f"  CPA warp fwd+bwd, Swin-T, {k:6s} wall {r['wall_s'] * 1e3:8.2f} ms")
     for k, v in result["ratios"].items():
