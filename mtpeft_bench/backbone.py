@@ -12,8 +12,8 @@ Weights (``--weights``):
   (``swin_tiny_patch4_window7_224`` is the ImageNet-1k checkpoint; append a tag such as
   ``.ms_in22k`` to the backbone name for another);
 - a path to ``.safetensors``, ``.pth`` or ``.pt``: a timm state dict or an original Microsoft
-  Swin checkpoint (``{"model": ...}``), converted by timm's own checkpoint filter. Pickles are
-  loaded with ``weights_only=True``.
+  Swin checkpoint (``{"model": ...}``), converted by :func:`convert_swin_state` (timm's own
+  resampling helpers). Pickles are loaded with ``weights_only=True``.
 """
 
 from __future__ import annotations
@@ -106,12 +106,49 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def _load_file_weights(model: nn.Module, path: Path) -> None:
-    from timm.models.swin_transformer import checkpoint_filter_fn
+def convert_swin_state(state: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """A Swin state dict in timm's layout for ``model``: original (Microsoft) or timm checkpoints.
 
+    What timm's ``checkpoint_filter_fn`` does, with a detection that does not depend on the timm
+    version: the original code merges patches at the END of a stage (so stage 0 has a
+    ``layers.0.downsample``), timm at the start (stage 0 has none); before timm 1.0.20 the filter
+    took any checkpoint without ``head.fc.weight`` for an original one, so it shifted the merging
+    layers of headless timm-layout files (such as mtbench's built-in weights) by one stage.
+    Patch embeddings and relative-position tables of another size are resampled with timm's helpers;
+    the non-persistent buffers (``relative_position_index``, ``attn_mask``) are dropped.
+    """
+    import re
+
+    from timm.layers import resample_patch_embed, resize_rel_pos_bias_table
+
+    state = state.get("model", state)
+    state = state.get("state_dict", state)
+    original = "layers.0.downsample.reduction.weight" in state
+    out = {}
+    for key, value in state.items():
+        if "relative_position_index" in key or "attn_mask" in key:
+            continue
+        if key == "patch_embed.proj.weight":
+            h, w = model.patch_embed.proj.weight.shape[-2:]
+            if tuple(value.shape[-2:]) != (h, w):
+                value = resample_patch_embed(value, (h, w), interpolation="bicubic", antialias=True, verbose=False)
+        if key.endswith("relative_position_bias_table"):
+            attn = model.get_submodule(key[:-len(".relative_position_bias_table")])
+            if value.shape != attn.relative_position_bias_table.shape:
+                value = resize_rel_pos_bias_table(value, new_window_size=attn.window_size,
+                                                  new_bias_shape=attn.relative_position_bias_table.shape)
+        if original:
+            key = re.sub(r"layers\.(\d+)\.downsample", lambda m: f"layers.{int(m.group(1)) + 1}.downsample", key)
+            if key.startswith("head.") and not key.startswith("head.fc."):
+                key = "head.fc." + key[len("head."):]
+        out[key] = value
+    return out
+
+
+def _load_file_weights(model: nn.Module, path: Path) -> None:
     state = load_state_dict_file(path)
     try:
-        state = checkpoint_filter_fn(state, model)
+        state = convert_swin_state(state, model)
     except (AttributeError, KeyError, RuntimeError, ValueError) as exc:
         raise UserError(f"{path} does not fit this Swin backbone: {exc}") from None
     # Drop the classifier and the final norm (both removed from the encoder).

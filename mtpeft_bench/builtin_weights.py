@@ -66,9 +66,7 @@ def load_into(model: nn.Module, name: str) -> dict[str, Any]:
     """
     import torch
     from safetensors.torch import load_file
-    from timm.models.swin_transformer import checkpoint_filter_fn
-
-    from mtpeft_bench.backbone import sha256_of
+    from mtpeft_bench.backbone import convert_swin_state, sha256_of
 
     path = weights_file(name)
     entry = card()["models"][name]
@@ -79,7 +77,7 @@ def load_into(model: nn.Module, name: str) -> dict[str, Any]:
         raise UserError(f"the built-in weights file {path} does not match its model card (SHA-256 {digest[:12]}… "
                         f"instead of {entry['sha256'][:12]}…): reinstall mtbench")
     state = {k: v.to(torch.float32) for k, v in load_file(str(path)).items()}
-    state = checkpoint_filter_fn(state, model)
+    state = convert_swin_state(state, model)
     result = model.load_state_dict(state, strict=False)
     # The shipped file holds the encoder only: the final norm and classifier are never used.
     missing = [k for k in result.missing_keys if not k.startswith(("norm.", "head."))]

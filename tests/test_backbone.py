@@ -52,7 +52,7 @@ def test_load_timm_state_dict(tmp_path, suffix):
 
 def test_load_original_microsoft_checkpoint(tmp_path):
     """Original Swin checkpoints keep PatchMerging at the end of a stage, nest weights under
-    "model", name the classifier `head` and carry index buffers; timm's filter converts them."""
+    "model", name the classifier `head` and carry index buffers; convert_swin_state converts them (whatever the timm version)."""
     source = _random_weights()
     ms = {}
     for key, value in source.state_dict().items():
