@@ -56,8 +56,20 @@ timeout 90 $PY benchmarks/ditask_speed.py --image 448 --batch 32 --rounds 3 --wa
   --variants ditask,ditask_svd,ditask_svd_official --json "$OUTDIR/ditask_svd_gpu.json"
 
 step "mtbench run --method ditask --dataset synth --preset smoke (CUDA)"
+SMOKE_OUT="$(mktemp -d)/results"
 timeout 75 $PY -m mtpeft_bench run --method ditask --dataset synth --preset smoke --device cuda --no-progress \
-  --out "$(mktemp -d)/results" 2>&1 | tail -25
+  --out "$SMOKE_OUT" 2>&1 | tail -25
+$PY - "$SMOKE_OUT" <<'PYEOF'
+import glob, json, sys
+files = glob.glob(f"{sys.argv[1]}/**/*.json", recursive=True)
+for f in files:
+    r = json.load(open(f))
+    info = r.get("method_info", {})
+    print("result:", r["status"], "kernel:", info.get("kernel"), "device:", r["environment"].get("device_name"), "timm:", r["environment"]["versions"].get("timm"),
+          "weights:", r["weights"].get("source"), "delta_m:", r.get("delta_m"))
+if not files:
+    print("no result file written")
+PYEOF
 
 step "pytest-benchmark: CPA warp of all Swin-T spectra"
 timeout 40 $PY -m pytest -q -p no:cacheprovider -m "" benchmarks -k cpa_warp \
