@@ -29,7 +29,6 @@ import json
 import os
 import random
 import socket
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -38,7 +37,7 @@ import numpy as np
 import torch
 
 from mtpeft_bench.errors import UserError
-from mtpeft_bench.results import write_json_atomic
+from mtpeft_bench.results import atomic_file, json_default, write_json_atomic
 
 
 CHECKPOINT_NAME = "last.safetensors"
@@ -183,31 +182,10 @@ def save_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.opti
         "scaler": scaler.state_dict() if scaler is not None and scaler.is_enabled() else None,
         "rng": rng_meta,
     }
-    metadata = {"mtbench": json.dumps(full_meta, allow_nan=False, default=_json_default)}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    metadata = {"mtbench": json.dumps(full_meta, allow_nan=False, default=json_default)}
+    with atomic_file(path) as tmp:
         save_file(_unshare(tensors), tmp, metadata=metadata)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (set, tuple)):
-        return list(value)
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "item"):
-        return value.item()
-    raise TypeError(f"cannot store {type(value).__name__} in a checkpoint's metadata")
+    return Path(path)
 
 
 def load_checkpoint(path: Path) -> Checkpoint:

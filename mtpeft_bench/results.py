@@ -28,23 +28,29 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 SCHEMA_VERSION = 1
 
 
-def write_json_atomic(path: Path, data: Mapping[str, Any]) -> Path:
-    """Write ``data`` as JSON to ``path`` via a temporary file in the same folder and a rename, so a
-    reader never sees a half-written file and a crash leaves the old file (or none)."""
+@contextmanager
+def atomic_file(path: Path) -> Iterator[str]:
+    """A temporary file name in ``path``'s folder that becomes ``path`` when the block succeeds.
+
+    The caller writes the temporary file; on leaving the block it is fsynced, given the mode a plain
+    ``open()`` would give, and renamed onto ``path``, so a reader never sees a half-written file and
+    a crash leaves the old file (or none). If the block raises, the temporary file is removed.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=False, default=_json_default, allow_nan=False)
-            handle.write("\n")
-            handle.flush()
+        yield tmp
+        with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         _default_mode(tmp)
         os.replace(tmp, path)
@@ -52,7 +58,14 @@ def write_json_atomic(path: Path, data: Mapping[str, Any]) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    return path
+
+
+def write_json_atomic(path: Path, data: Mapping[str, Any]) -> Path:
+    """Write ``data`` as JSON to ``path`` atomically (:func:`atomic_file`)."""
+    with atomic_file(path) as tmp, open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2, sort_keys=False, default=json_default, allow_nan=False)
+        handle.write("\n")
+    return Path(path)
 
 
 def _default_mode(path: str) -> None:
@@ -63,32 +76,21 @@ def _default_mode(path: str) -> None:
 
 
 def write_text_atomic(path: Path, text: str | bytes) -> Path:
-    """Write ``text`` (or bytes) to ``path`` via a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(text.encode("utf-8") if isinstance(text, str) else text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        _default_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    """Write ``text`` (or bytes) to ``path`` atomically (:func:`atomic_file`)."""
+    with atomic_file(path) as tmp, open(tmp, "wb") as handle:
+        handle.write(text.encode("utf-8") if isinstance(text, str) else text)
+    return Path(path)
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
+    """``json.dump``'s hook for the values results and checkpoints hold beyond JSON's own types."""
     if isinstance(value, (set, tuple)):
         return list(value)
     if isinstance(value, Path):
         return str(value)
     if hasattr(value, "item"):
         return value.item()
-    raise TypeError(f"cannot store {type(value).__name__} in a result file")
+    raise TypeError(f"cannot store a {type(value).__name__} as JSON")
 
 
 def sanitize(value: Any) -> Any:
