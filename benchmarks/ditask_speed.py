@@ -52,20 +52,11 @@ def task_specs(dataset: str = "pascal_mt"):
 
 def random_batch(specs, batch: int, size: int, device, seed: int = 0
                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randn(batch, 3, size, size, generator=g)
-    targets = {}
-    for s in specs:
-        if s.kind == "segmentation":
-            t = torch.randint(0, s.num_outputs, (batch, size, size), generator=g)
-        elif s.kind == "depth":
-            t = torch.rand(batch, 1, size, size, generator=g) * 5 + 0.5
-        elif s.kind == "normals":
-            t = torch.nn.functional.normalize(torch.randn(batch, 3, size, size, generator=g), dim=1)
-        else:
-            t = torch.randint(0, 2, (batch, 1, size, size), generator=g).float()
-        targets[s.name] = t.to(device)
-    return images.to(device), targets
+    """Random images (batch, 3, size, size) and targets of the right format for every task."""
+    from mtpeft_bench.bench import random_targets
+
+    images = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(seed))
+    return images.to(device), random_targets(specs, batch, (size, size), device, seed + 1)
 
 
 def build_variant(name: str, specs, size: int, device: torch.device, amp: bool,

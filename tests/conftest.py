@@ -47,3 +47,25 @@ def micro_backbone(img_size=(64, 64), weights="none", drop_path=0.0):
 
     backbone, _ = create_backbone("swin_micro", img_size, weights, drop_path)
     return backbone
+
+
+def run_cli(args, capsys):
+    """Run ``mtbench ARGS`` in-process: (exit code, stdout, stderr)."""
+    from mtpeft_bench.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(list(args))
+    out, err = capsys.readouterr()
+    return info.value.code, out, err
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: two threads on a loaded 2-core machine are many times slower
+    than one (OpenMP spinning)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

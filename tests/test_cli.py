@@ -7,14 +7,8 @@ import json
 
 import pytest
 
-from mtpeft_bench.cli import main
+from conftest import run_cli
 
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as info:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return info.value.code, out, err
 
 
 TINY = ["--set", "data.num_train=24", "--set", "data.num_val=6", "--set", "batch_size=8", "--epochs", "1",

@@ -11,7 +11,7 @@ import signal
 import pytest
 import torch
 
-from mtpeft_bench.cli import main
+from conftest import run_cli
 from mtpeft_bench.engine import Trainer
 
 
@@ -19,20 +19,8 @@ TINY = ["run", "--method", "full", "--preset", "smoke", "--tasks", "semseg,depth
         "--set", "data.num_val=4", "--batch-size", "4", "--epochs", "3", "--no-progress", "--set", "deterministic=true"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Two threads on a loaded 2-core machine are many times slower than one (OpenMP spinning).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as info:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return info.value.code, out, err
 
 
 def only_run(runs_dir):

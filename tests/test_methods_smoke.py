@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mtpeft_bench.cli import main
+from conftest import run_cli
 
 
 TINY = ["--preset", "smoke", "--tasks", "semseg,depth", "--set", "data.num_train=24", "--set", "data.num_val=6",
@@ -16,12 +16,6 @@ RUNS = {
     "peft": ["--set", "method.peft_type=LOHA", "--set", "method.r=4"],
 }
 
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as info:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return info.value.code, out, err
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ import signal
 import pytest
 import torch
 
-from mtpeft_bench.cli import main
+from conftest import run_cli
 from mtpeft_bench.engine import Trainer
 from mtpeft_bench.sweep import parse_seeds
 
@@ -21,19 +21,8 @@ GRID = ["sweep", "--methods", "full,decoder_only", "--datasets", "synth", "--see
         "--epochs", "1", "--no-progress"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-
-def run_cli(args, capsys):
-    with pytest.raises(SystemExit) as info:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return info.value.code, out, err
 
 
 def test_parse_seeds():
