@@ -48,13 +48,19 @@ def verify(plugin: Any, root: Path | None, splits: Sequence[str] | None = None,
     specs = plugin.task_specs(list(plugin.tasks))
     report = VerifyReport(folder)
     skipped: set[str] = set()
+
+    def problem(exc: Exception | str) -> None:
+        # A broken file can surface twice (PASCAL's part masks are checked against the image size).
+        if str(exc) not in report.problems:
+            report.problems.append(str(exc))
+
     for split in splits or plugin.splits:
         if split not in plugin.splits:
             raise UserError(f"dataset '{plugin.name}' has no split {split!r}; splits: {', '.join(plugin.splits)}")
         try:
             ids = layout.ids(split)
         except DataFileError as exc:
-            report.problems.append(str(exc))
+            problem(exc)
             continue
         report.samples[split] = len(ids)
         expected = getattr(plugin, "split_sizes", {}).get(split)
@@ -63,14 +69,14 @@ def verify(plugin: Any, root: Path | None, splits: Sequence[str] | None = None,
                                 "(a subset or another version?)")
         for sid, count in Counter(ids).items():
             if count > 1:
-                report.problems.append(f"{layout.split_file(split)}: id {sid!r} is listed {count} times")
+                problem(f"{layout.split_file(split)}: id {sid!r} is listed {count} times")
         bar = progress(split, len(ids)) if progress else None
         for sid in ids:
             try:
                 image = layout.read_image(sid)
                 report.files_checked += 1
             except DataFileError as exc:
-                report.problems.append(str(exc))
+                problem(exc)
                 image = None
             for spec in specs:
                 if spec.name in skipped:
@@ -84,7 +90,7 @@ def verify(plugin: Any, root: Path | None, splits: Sequence[str] | None = None,
                                             f"{layout.image_path(sid).name} is {image.shape[0]}x{image.shape[1]}")
                     check_target_values(spec, target, path)
                 except DataFileError as exc:
-                    report.problems.append(str(exc))
+                    problem(exc)
                 except UserError as exc:  # e.g. an optional dependency is missing: say so once
                     skipped.add(spec.name)
                     report.notes.append(f"{spec.name} not checked: {exc}")
