@@ -27,7 +27,8 @@ Examples:
 @click.option("--batch-size", type=int, default=None, help="Images per step (default 32).")
 @click.option("--out", required=True, help="The .safetensors file to write (its log: .json, checkpoint: .ckpt/).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="Any other pretraining setting: lr, head, recon_weight, height_weight, group_weight, mask_ratio, label_weight, corpus_images, threads, ... (repeatable).")
+              help="Any other pretraining setting: lr, head, recon_weight, height_weight, group_weight, "
+                   "mask_ratio, label_weight, corpus_images, threads, ... (repeatable).")
 @click.option("--checkpoint-every", type=int, default=200, show_default=True, help="Steps between checkpoints.")
 @click.option("--check-card", is_flag=True, help="Compare the first losses with the shipped model card's.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (for log files).")

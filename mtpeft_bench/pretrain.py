@@ -305,10 +305,14 @@ def pretrain_losses(model: nn.Module, images: torch.Tensor, mask: torch.Tensor |
     recon = F.l1_loss(dense["recon"], images) if cfg.recon_weight > 0 else images.new_zeros(())
     if cfg.height_weight > 0:
         ground = labels["height"] >= 0  # the sky (-1) has no height
-        height_loss = (F.l1_loss(dense["height"], labels["height"].clamp_min(0), reduction="none") * ground).sum() / ground.sum().clamp_min(1)
+        error = F.l1_loss(dense["height"], labels["height"].clamp_min(0), reduction="none")
+        height_loss = (error * ground).sum() / ground.sum().clamp_min(1)
     else:
         height_loss = images.new_zeros(())
-    group_loss = grouping_loss(out["embed"], labels["object"], cfg.group_temperature) if cfg.group_weight > 0 else images.new_zeros(())
+    if cfg.group_weight > 0:
+        group_loss = grouping_loss(out["embed"], labels["object"], cfg.group_temperature)
+    else:
+        group_loss = images.new_zeros(())
     terms, start = [], 0
     for name, (kind, size) in LABELS.items():
         logits = out["logits"][:, start:start + size]
@@ -320,7 +324,8 @@ def pretrain_losses(model: nn.Module, images: torch.Tensor, mask: torch.Tensor |
     label_loss = torch.stack(terms).mean()
     total = mim + cfg.albedo_weight * albedo_loss + cfg.shading_weight * shading_loss + cfg.label_weight * label_loss
     total = total + cfg.recon_weight * recon + cfg.height_weight * height_loss + cfg.group_weight * group_loss
-    return {"loss": total, "mim": mim, "recon": recon, "height": height_loss, "group": group_loss, "albedo": albedo_loss, "shading": shading_loss, "labels": label_loss}
+    return {"loss": total, "mim": mim, "recon": recon, "height": height_loss, "group": group_loss,
+            "albedo": albedo_loss, "shading": shading_loss, "labels": label_loss}
 
 
 def _dense_layout(cfg: PretrainConfig) -> dict[str, int]:
@@ -550,7 +555,8 @@ def objective_text(cfg: PretrainConfig) -> str:
              f"{cfg.label_weight} x image-level scene-property classification (primitive kinds, object families, "
              "object count, palette, sun position)"]
     if cfg.head == "linear":
-        parts[0] = parts[0].replace("the benchmark's HRNet head", "a linear head (the decoder's reducers and a 1x1 conv)")
+        parts[0] = parts[0].replace("the benchmark's HRNet head",
+                                    "a linear head (the decoder's reducers and a 1x1 conv)")
     if cfg.shading_weight > 0:
         parts.insert(1, f"{cfg.shading_weight} x shading L1 (same head)")
     if cfg.recon_weight > 0:

@@ -298,8 +298,6 @@ def load_geometry(config: CorpusConfig, progress: bool = True) -> dict[str, np.n
     if path.is_file():
         with np.load(path) as data:
             return {k: data[k] for k in data.files}
-    from mtpeft_bench.tasks.synth import _progress
-
     maps = [render_corpus_geometry(config, i) for i in range(config.num_images)]
     arrays = {k: np.stack([m[k] for m in maps]) for k in ("height", "object")}
     path.parent.mkdir(parents=True, exist_ok=True)
