@@ -12,8 +12,9 @@ from mtpeft_bench.errors import UserError
 
 EXAMPLES = """\b
 Examples:
-  mtbench pretrain --config micro --seed 0 --steps 700 --out /tmp/swin_micro.safetensors
-  mtbench pretrain --config micro --steps 20 --out /tmp/check.safetensors --check-card   # vs the shipped card
+  mtbench pretrain --config micro --seed 0 --steps 700 --out /tmp/swin_micro.safetensors \
+      --set head=linear --set recon_weight=1 --set height_weight=1 --set group_weight=0.3   # the shipped micro
+  mtbench pretrain --config mini --steps 10 --out /tmp/check.safetensors --check-card   # vs the shipped card
   mtbench pretrain --config mini --steps 400 --out /tmp/mini.safetensors --set mask_ratio=0.6
   mtbench run --method decoder_only --preset smoke --weights /tmp/swin_micro.safetensors
 """
@@ -26,7 +27,8 @@ Examples:
 @click.option("--batch-size", type=int, default=None, help="Images per step (default 32).")
 @click.option("--out", required=True, help="The .safetensors file to write (its log: .json, checkpoint: .ckpt/).")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="Any other pretraining setting: lr, mask_ratio, label_weight, corpus_images, threads, ... (repeatable).")
+              help="Any other pretraining setting: lr, head, recon_weight, height_weight, group_weight, "
+                   "mask_ratio, label_weight, corpus_images, threads, ... (repeatable).")
 @click.option("--checkpoint-every", type=int, default=200, show_default=True, help="Steps between checkpoints.")
 @click.option("--check-card", is_flag=True, help="Compare the first losses with the shipped model card's.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (for log files).")

@@ -58,6 +58,30 @@ SETUPS: dict[str, tuple[str, tuple[int, int]]] = {
 }
 
 
+#: Dense pretraining heads: ``hrnet`` (the benchmark's decoder) or ``linear`` (its reducers and a 1x1 conv, no hidden layer).
+HEADS = ("hrnet", "linear")
+
+
+class LinearHead(nn.Module):
+    """The benchmark decoder's layout without its hidden layer: per-feature bias-free 1x1 reducers,
+    bilinear alignment to the first feature's size, concatenation and one 1x1 conv (a linear map of
+    the features), upsampled to the output size. features: 4 x (B, C_i, H_i, W_i) -> (B, K, *out_size)."""
+
+    def __init__(self, in_channels, num_outputs: int):
+        super().__init__()
+        from mtpeft_bench.heads import DECODER_CHANNELS
+
+        self.reduce = nn.ModuleList(nn.Conv2d(c, r, 1, bias=False) for c, r in zip(in_channels, DECODER_CHANNELS))
+        self.out = nn.Conv2d(sum(DECODER_CHANNELS), num_outputs, 1)
+
+    def forward(self, features, out_size):
+        reduced = [conv(f) for conv, f in zip(self.reduce, features)]
+        size = reduced[0].shape[-2:]
+        aligned = [reduced[0], *(F.interpolate(r, size=size, mode="bilinear", align_corners=False) for r in reduced[1:])]
+        out = self.out(torch.cat(aligned, 1))
+        return out if out_size is None else F.interpolate(out, size=out_size, mode="bilinear", align_corners=False)
+
+
 @dataclass(frozen=True)
 class PretrainConfig:
     """Everything a pretraining run depends on (all of it is recorded with the weights).
@@ -94,6 +118,12 @@ class PretrainConfig:
     albedo_weight: float = 1.0
     shading_weight: float = 0.0
     label_weight: float = 0.5
+    head: str = "hrnet"
+    recon_weight: float = 0.0
+    height_weight: float = 0.0
+    group_weight: float = 0.0
+    group_dim: int = 32
+    group_temperature: float = 0.1
     corpus_images: int = 4000
     corpus_seed: int = 0
     threads: int = 1
@@ -115,6 +145,8 @@ class PretrainConfig:
         h, w = self.image_size
         if h % self.mask_patch or w % self.mask_patch:
             raise UserError(f"mask_patch {self.mask_patch} must divide the image size {h}x{w}")
+        if self.head not in HEADS:
+            raise UserError(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
         if self.store_dtype not in ("float16", "float32"):
             raise UserError(f"store_dtype must be float16 or float32, got {self.store_dtype!r}")
         if self.batch_size > self.corpus_images:
@@ -142,7 +174,8 @@ class PretrainModel(nn.Module):
     heads read. Only ``backbone`` is exported; the heads and the mask token are not.
     """
 
-    def __init__(self, backbone: nn.Module, num_logits: int, shading: bool = False):
+    def __init__(self, backbone: nn.Module, num_logits: int, shading: bool = False, head: str = "hrnet",
+                 recon: bool = False, height: bool = False, group_dim: int = 0):
         super().__init__()
         from mtpeft_bench.backbone import feature_channels, stage_channels
         from mtpeft_bench.heads import HRNetHead
@@ -153,7 +186,10 @@ class PretrainModel(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(1, 1, 1, channels[0]))
         nn.init.trunc_normal_(self.mask_token, std=0.02)  # as SimMIM
         self.pixels = nn.Sequential(nn.Conv2d(channels[-1], self.stride ** 2 * 3, 1), nn.PixelShuffle(self.stride))
-        self.albedo = HRNetHead(feature_channels(backbone), 4 if shading else 3)  # RGB albedo (+ grey shading)
+        self.dense_layout = {"albedo": 3, "shading": int(shading), "height": int(height), "recon": 3 * int(recon)}
+        self.albedo = (HRNetHead if head == "hrnet" else LinearHead)(feature_channels(backbone),
+                                                                     sum(self.dense_layout.values()))
+        self.group = LinearHead(feature_channels(backbone), group_dim) if group_dim else None
         self.norm = nn.LayerNorm(channels[-1])
         self.labels = nn.Linear(channels[-1], num_logits)
 
@@ -174,6 +210,7 @@ class PretrainModel(nn.Module):
             "albedo": self.albedo(nchw, tuple(images.shape[-2:])),
             "pixels": self.pixels(nchw[-1]) if mask is not None else None,
             "logits": self.labels(self.norm(x.mean(dim=(1, 2)))),
+            "embed": self.group(nchw, None) if self.group is not None else None,
         }
 
 
@@ -205,6 +242,14 @@ class CorpusBatches:
             x = F.interpolate(x, size=(h, w), mode="bicubic", align_corners=False)
         return torch.where(torch.from_numpy(flip).view(-1, 1, 1, 1), x.flip(-1), x)
 
+    def _nearest(self, name: str, idx: np.ndarray, flip: np.ndarray) -> torch.Tensor:
+        """(B, 1, H, W) float: a uint8 map resized (nearest) to the training size and flipped like the image."""
+        x = torch.from_numpy(self.arrays[name][idx]).unsqueeze(1).float()
+        h, w = self.cfg.image_size
+        if tuple(x.shape[-2:]) != (h, w):
+            x = F.interpolate(x, size=(h, w), mode="nearest-exact")
+        return torch.where(torch.from_numpy(flip).view(-1, 1, 1, 1), x.flip(-1), x)
+
     def _shading(self, idx: np.ndarray, flip: np.ndarray) -> torch.Tensor:
         """(B, 1, H, W): the light each pixel receives, image / albedo in linear light (mean over RGB,
         the sun is white), clamped to [0, 4]; where the albedo is nearly black it is undefined (0)."""
@@ -229,6 +274,13 @@ class CorpusBatches:
         scale = cfg.mask_patch // 4
         mask = torch.from_numpy(grid.reshape(-1, gh, gw)).repeat_interleave(scale, 1).repeat_interleave(scale, 2)
         labels = {name: torch.from_numpy(self.arrays[name][idx]) for name in LABELS}
+        if cfg.height_weight > 0:  # metres, -1 on the sky
+            from mtpeft_bench.tasks.pretrain_corpus import HEIGHT_SCALE, SKY
+
+            raw = self._nearest("height", idx, flip)
+            labels["height"] = torch.where(raw == SKY, -1.0, raw / HEIGHT_SCALE)
+        if cfg.group_weight > 0:
+            labels["object"] = self._nearest("object", idx, flip)
         albedo = self._pixels("albedo", idx, flip)
         if cfg.shading_weight > 0:
             albedo = torch.cat([albedo, self._shading(idx, flip)], dim=1)
@@ -246,8 +298,21 @@ def pretrain_losses(model: nn.Module, images: torch.Tensor, mask: torch.Tensor |
         mim = (F.l1_loss(out["pixels"], images, reduction="none") * pixel_mask).sum() / (pixel_mask.sum() * 3 + 1e-6)
     else:
         mim = images.new_zeros(())
-    albedo_loss = F.l1_loss(out["albedo"][:, :3], albedo[:, :3])
-    shading_loss = F.l1_loss(out["albedo"][:, 3:], albedo[:, 3:]) if albedo.shape[1] > 3 else images.new_zeros(())
+    dense = dict(zip(("albedo", "shading", "height", "recon"),
+                     torch.split(out["albedo"], list(_dense_layout(cfg).values()), dim=1)))
+    albedo_loss = F.l1_loss(dense["albedo"], albedo[:, :3])
+    shading_loss = F.l1_loss(dense["shading"], albedo[:, 3:4]) if cfg.shading_weight > 0 else images.new_zeros(())
+    recon = F.l1_loss(dense["recon"], images) if cfg.recon_weight > 0 else images.new_zeros(())
+    if cfg.height_weight > 0:
+        ground = labels["height"] >= 0  # the sky (-1) has no height
+        error = F.l1_loss(dense["height"], labels["height"].clamp_min(0), reduction="none")
+        height_loss = (error * ground).sum() / ground.sum().clamp_min(1)
+    else:
+        height_loss = images.new_zeros(())
+    if cfg.group_weight > 0:
+        group_loss = grouping_loss(out["embed"], labels["object"], cfg.group_temperature)
+    else:
+        group_loss = images.new_zeros(())
     terms, start = [], 0
     for name, (kind, size) in LABELS.items():
         logits = out["logits"][:, start:start + size]
@@ -258,7 +323,42 @@ def pretrain_losses(model: nn.Module, images: torch.Tensor, mask: torch.Tensor |
             terms.append(F.cross_entropy(logits, labels[name]))
     label_loss = torch.stack(terms).mean()
     total = mim + cfg.albedo_weight * albedo_loss + cfg.shading_weight * shading_loss + cfg.label_weight * label_loss
-    return {"loss": total, "mim": mim, "albedo": albedo_loss, "shading": shading_loss, "labels": label_loss}
+    total = total + cfg.recon_weight * recon + cfg.height_weight * height_loss + cfg.group_weight * group_loss
+    return {"loss": total, "mim": mim, "recon": recon, "height": height_loss, "group": group_loss,
+            "albedo": albedo_loss, "shading": shading_loss, "labels": label_loss}
+
+
+def _dense_layout(cfg: PretrainConfig) -> dict[str, int]:
+    return {"albedo": 3, "shading": int(cfg.shading_weight > 0), "height": int(cfg.height_weight > 0),
+            "recon": 3 * int(cfg.recon_weight > 0)}
+
+
+def grouping_loss(embed: torch.Tensor, objects: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Supervised contrastive loss (Khosla et al., NeurIPS 2020) over the cells of the feature grid.
+
+    embed (B, D, h, w): a linear read-out of the encoder's features; objects (B, 1, H, W) int: which
+    object each pixel sees (0 sky, 1 ground, 2+ objects). Every cell whose pixels mostly (> 50 %)
+    see one object is an anchor; its positives are the other cells of the same image that see the
+    same object, and every other cell of the batch is a negative. Pulls the features of one object
+    together and pushes different objects (and images) apart: instance grouping, not a class label.
+    """
+    b, d, h, w = embed.shape
+    ids = objects.long().squeeze(1)
+    n_ids = int(ids.max()) + 1
+    share = F.adaptive_avg_pool2d(F.one_hot(ids, n_ids).permute(0, 3, 1, 2).float(), (h, w))  # (B, K, h, w)
+    purity, cell = share.max(dim=1)
+    z = F.normalize(embed.permute(0, 2, 3, 1).reshape(-1, d), dim=1)
+    key = (torch.arange(b).view(b, 1, 1) * n_ids + cell).reshape(-1)
+    valid = purity.reshape(-1) > 0.5
+    z, key = z[valid], key[valid]
+    logits = z @ z.T / temperature
+    eye = torch.eye(len(z), dtype=torch.bool)
+    logits = logits.masked_fill(eye, float("-inf"))
+    pos = (key[:, None] == key[None, :]) & ~eye
+    has = pos.any(dim=1)
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    per_anchor = -(log_prob.masked_fill(~pos, 0).sum(dim=1) / pos.sum(dim=1).clamp_min(1))
+    return per_anchor[has].mean() if has.any() else embed.new_zeros(())
 
 
 # -- checkpoints -------------------------------------------------------------------------------
@@ -353,7 +453,9 @@ def build_pretrain_model(cfg: PretrainConfig) -> PretrainModel:
 
     torch.manual_seed(cfg.seed)
     backbone, _ = create_backbone(cfg.backbone, cfg.image_size, "none", drop_path_rate=0.0)
-    return PretrainModel(backbone, sum(size for _, size in LABELS.values()), shading=cfg.shading_weight > 0)
+    return PretrainModel(backbone, sum(size for _, size in LABELS.values()), shading=cfg.shading_weight > 0,
+                         head=cfg.head, recon=cfg.recon_weight > 0, height=cfg.height_weight > 0,
+                         group_dim=cfg.group_dim if cfg.group_weight > 0 else 0)
 
 
 def pretrain(cfg: PretrainConfig, out: Path, *, progress: bool = True, checkpoint_every: int = 200,
@@ -384,7 +486,12 @@ def pretrain(cfg: PretrainConfig, out: Path, *, progress: bool = True, checkpoin
     try:
         started = time.time()
         corpus_cfg = CorpusConfig(num_images=cfg.corpus_images, seed=cfg.corpus_seed)
-        data = CorpusBatches(load_corpus(corpus_cfg, progress=progress), cfg)
+        arrays = load_corpus(corpus_cfg, progress=progress)
+        if cfg.height_weight > 0 or cfg.group_weight > 0:
+            from mtpeft_bench.tasks.pretrain_corpus import load_geometry
+
+            arrays = {**arrays, **load_geometry(corpus_cfg, progress=progress)}
+        data = CorpusBatches(arrays, cfg)
         model = build_pretrain_model(cfg)
         schedule = Schedule(lr=cfg.lr, warmup_lr=cfg.lr / 100, min_lr=cfg.min_lr, total_steps=cfg.steps,
                             warmup_steps=cfg.warmup_steps)
@@ -447,9 +554,29 @@ def objective_text(cfg: PretrainConfig) -> str:
     parts = [f"{cfg.albedo_weight} x albedo L1 (the benchmark's HRNet head on the four encoder features)",
              f"{cfg.label_weight} x image-level scene-property classification (primitive kinds, object families, "
              "object count, palette, sun position)"]
+    if cfg.head == "linear":
+        parts[0] = parts[0].replace("the benchmark's HRNet head",
+                                    "a linear head (the decoder's reducers and a 1x1 conv)")
+    if cfg.shading_weight > 0:
+        parts.insert(1, f"{cfg.shading_weight} x shading L1 (same head)")
+    if cfg.recon_weight > 0:
+        parts.insert(1, f"{cfg.recon_weight} x RGB reconstruction L1 (same head)")
+    if cfg.height_weight > 0:
+        parts.insert(1, f"{cfg.height_weight} x height-above-ground L1 (same head)")
+    if cfg.group_weight > 0:
+        parts.insert(1, f"{cfg.group_weight} x supervised-contrastive object grouping of the feature-grid cells "
+                        f"({cfg.group_dim}-d linear embedding, temperature {cfg.group_temperature})")
     if cfg.mask_ratio > 0:
         parts.insert(0, f"SimMIM masked-image modelling ({cfg.mask_ratio:.0%} of {cfg.mask_patch}-px squares)")
     return " + ".join(parts)
+
+
+#: The loss terms a card's loss curve records (terms whose weight is 0 stay 0).
+LOSS_TERMS = ("loss", "mim", "albedo", "shading", "recon", "height", "group", "labels")
+
+#: The setting that switches each optional loss term on (the term is drawn only where it is > 0).
+TERM_WEIGHTS = {"mim": "mask_ratio", "shading": "shading_weight", "recon": "recon_weight",
+                "height": "height_weight", "group": "group_weight"}
 
 
 def card_entry(record: dict[str, Any], curve_every: int = 25, first: int = 20) -> dict[str, Any]:
@@ -469,8 +596,8 @@ def card_entry(record: dict[str, Any], curve_every: int = 25, first: int = 20) -
         "train_seconds": record["train_seconds"],
         "environment": record["environment"],
         "first_losses": [h["loss"] for h in history[:first]],
-        "loss_curve_columns": ["step", "loss", "mim", "albedo", "shading", "labels"],
-        "loss_curve": [[h["step"], *(round(h.get(k, 0.0), 5) for k in ("loss", "mim", "albedo", "shading", "labels"))]
+        "loss_curve_columns": ["step", *LOSS_TERMS],
+        "loss_curve": [[h["step"], *(round(h.get(k, 0.0), 5) for k in LOSS_TERMS)]
                        for h in history if h["step"] % curve_every == 0 or h["step"] == 1],
     }
 

@@ -71,13 +71,15 @@ def plot_loss_curves(card: dict[str, Any], path: Path) -> Path:
     import pandas as pd
     import seaborn as sns
 
+    from mtpeft_bench.pretrain import TERM_WEIGHTS
+
     frames = []
     for name, entry in card["models"].items():
         columns = entry["loss_curve_columns"]
         for point in entry["loss_curve"]:
             values = dict(zip(columns, point))
             for term in columns[1:]:
-                weight = {"mim": "mask_ratio", "shading": "shading_weight"}.get(term)
+                weight = TERM_WEIGHTS.get(term)
                 if weight is None or entry["pretrain_config"].get(weight, 0) > 0:
                     frames.append({"backbone": name, "step": values["step"], "loss": values[term], "term": term})
     grid = sns.relplot(pd.DataFrame(frames), x="step", y="loss", hue="term", col="backbone", kind="line",

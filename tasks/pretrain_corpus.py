@@ -217,6 +217,8 @@ def sample_corpus_scene(rng: np.random.Generator) -> tuple[Scene, dict[str, Any]
         "count": len(objects),
         "palette": palette,
         "sun": elevation * 2 + behind,
+        # not a label head: how many primitives each object has, in the order of scene.primitives
+        "parts_per_object": [len(parts) for _, parts, *_ in objects],
     }
     return Scene(room, camera, light, prims), labels
 
@@ -259,6 +261,55 @@ def render_corpus_image(config: CorpusConfig, index: int) -> tuple[np.ndarray, n
     flat = dataclasses.replace(scene, light=Light(scene.light.position, intensity=0.0, ambient=1.0))
     albedo = render_scene(flat, config.height, config.width)["image"]
     return np.round(image * 255).astype(np.uint8), np.round(albedo * 255).astype(np.uint8), labels
+
+
+#: ``height`` maps store world height (m) x HEIGHT_SCALE, clipped to 254; 255 marks the sky.
+HEIGHT_SCALE = 50.0
+SKY = 255
+
+
+def render_corpus_geometry(config: CorpusConfig, index: int) -> dict[str, np.ndarray]:
+    """Geometry maps of corpus image ``index`` (one ray cast, no shading), uint8[H, W] each:
+
+    - ``height``: height above the ground (world y) of the surface each pixel sees, in units of
+      1 / :data:`HEIGHT_SCALE` m (0-5 m), :data:`SKY` on the sky;
+    - ``object``: which object the pixel sees: 0 the sky, 1 the ground, 2 + k the k-th object (all
+      primitives of a compound object share one id).
+    """
+    from mtpeft_bench.tasks.synth import FLOOR, ROOM_FACE_CLASS, _cast, camera_rays
+
+    scene, labels = sample_corpus_scene(corpus_rng(config.seed, index))
+    origin = np.asarray(scene.camera.position, dtype=float)
+    d = camera_rays(scene.camera, config.height, config.width)
+    t, owner, sub = _cast(scene, origin, d)
+    y = origin[1] + t * d[:, 1]
+    sky = (owner == 0) & (ROOM_FACE_CLASS[sub] != FLOOR)
+    height = np.where(sky, SKY, np.clip(np.round(y * HEIGHT_SCALE), 0, SKY - 1))
+    object_of = np.concatenate([[1], 2 + np.repeat(np.arange(len(labels["parts_per_object"])),
+                                                    labels["parts_per_object"])])
+    obj = np.where(sky, 0, object_of[owner])
+    shape = (config.height, config.width)
+    return {"height": height.reshape(shape).astype(np.uint8), "object": obj.reshape(shape).astype(np.uint8)}
+
+
+def load_geometry(config: CorpusConfig, progress: bool = True) -> dict[str, np.ndarray]:
+    """``height`` and ``object`` uint8[N, H, W] for the whole corpus (cached beside the corpus)."""
+    path = corpus_path(config).with_name(f"{config.key()}-geometry.npz")
+    if path.is_file():
+        with np.load(path) as data:
+            return {k: data[k] for k in data.files}
+    maps = [render_corpus_geometry(config, i) for i in range(config.num_images)]
+    arrays = {k: np.stack([m[k] for m in maps]) for k in ("height", "object")}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.npz", dir=path.parent)
+    os.close(fd)
+    try:
+        np.savez(tmp, **arrays)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return arrays
 
 
 def _render_range(args: tuple[CorpusConfig, int, int]) -> tuple[int, np.ndarray, np.ndarray, list[dict[str, Any]]]:

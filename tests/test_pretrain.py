@@ -198,3 +198,63 @@ def test_shading_target_is_image_over_albedo():
     assert shading[..., 20:].mean().item() == pytest.approx(0.5, abs=0.01)
     assert shading[..., :3].abs().max().item() < 1e-6
     assert CorpusBatches(arrays, PretrainConfig(**TINY)).batch(0)[2].shape[1] == 3
+
+
+def test_geometry_maps_describe_the_scene():
+    """Height is 0 on the ground and positive on objects, the sky has no height; every object id is
+    one of the scene's objects, and a compound object (several primitives) has one id."""
+    config = corpus.CorpusConfig(num_images=6, height=48, width=64)
+    for index in range(6):
+        maps = corpus.render_corpus_geometry(config, index)
+        _, labels = corpus.sample_corpus_scene(corpus.corpus_rng(0, index))
+        height, obj = maps["height"], maps["object"]
+        assert height.shape == obj.shape == (48, 64)
+        assert np.array_equal(height == corpus.SKY, obj == 0)
+        assert (obj == 1).any()  # the ground is always in view (the sky not when the camera looks down)
+        assert height[obj == 1].max() <= 1  # the ground is flat at y = 0
+        assert set(np.unique(obj)) <= set(range(2 + labels["count"]))
+        if (obj >= 2).any():
+            assert height[obj >= 2].mean() > 5  # objects stand above the ground
+    arrays = corpus.load_geometry(corpus.CorpusConfig(num_images=4), progress=False)
+    assert arrays["height"].shape == arrays["object"].shape == (4, 96, 128)
+    assert np.array_equal(corpus.load_geometry(corpus.CorpusConfig(num_images=4), progress=False)["object"],
+                          arrays["object"])  # from the cache
+
+
+def test_grouping_loss_rewards_separated_objects():
+    """Embeddings that give each object its own direction score lower than random ones; cells that
+    mix several objects are no anchors; a batch without any positive pair costs nothing."""
+    from mtpeft_bench.pretrain import grouping_loss
+
+    objects = torch.zeros(2, 1, 16, 16)
+    objects[:, :, 8:] = 1
+    objects[:, :, :8, 8:] = 2
+    one_hot = torch.nn.functional.one_hot(objects.long().squeeze(1), 4).permute(0, 3, 1, 2).float()
+    separated = torch.nn.functional.avg_pool2d(one_hot, 4)  # (2, 4, 4, 4): each cell its object's axis
+    torch.manual_seed(0)
+    assert grouping_loss(separated, objects, 0.1) < grouping_loss(torch.randn(2, 4, 4, 4), objects, 0.1)
+    assert torch.isfinite(grouping_loss(torch.randn(2, 4, 4, 4), objects, 0.1))
+    assert one_hot.shape == (2, 4, 16, 16)
+    single = torch.zeros(1, 1, 16, 16)
+    single[:, :, :, 8:] = 2  # two objects, one half each: a 1x2 grid has one cell per object
+    assert grouping_loss(torch.randn(1, 4, 1, 2), single, 0.1).item() == 0.0
+
+
+def test_pretraining_with_reconstruction_height_and_grouping(tmp_path):
+    """The optional dense terms and the linear head train, are logged and reproducible; the backbone
+    they export loads like any other."""
+    from mtpeft_bench.backbone import create_backbone
+
+    cfg = PretrainConfig(**{**TINY, "steps": 2, "head": "linear", "recon_weight": 1.0, "height_weight": 1.0,
+                            "group_weight": 0.3})
+    first = pretrain(cfg, tmp_path / "a.safetensors", progress=False)
+    again = pretrain(cfg, tmp_path / "b.safetensors", progress=False)
+    assert first["sha256"] == again["sha256"]
+    for h in first["history"]:
+        assert all(np.isfinite(h[k]) and h[k] > 0 for k in ("recon", "height", "group", "albedo", "labels"))
+    backbone, provenance = create_backbone("swin_micro", (64, 64), str(tmp_path / "a.safetensors"))
+    assert provenance["source"] == "file"
+    plain = pretrain(PretrainConfig(**{**TINY, "steps": 2}), tmp_path / "c.safetensors", progress=False)
+    assert all(h["recon"] == h["height"] == h["group"] == 0 for h in plain["history"])
+    with pytest.raises(UserError, match="head must be one of"):
+        PretrainConfig(**{**TINY, "head": "mlp"})
