@@ -55,9 +55,11 @@ def pretrain(config_name, seed, steps, batch_size, out, sets, checkpoint_every, 
         raise UserError("--checkpoint-every must be positive")
     record = run_pretrain(cfg, out, progress=not no_progress, checkpoint_every=checkpoint_every)
     last = record["history"][-1] if record["history"] else {}
+    # Every loss term the objective switched on (a term that is off is logged as exactly 0).
+    terms = ", ".join(f"{k} {v:.4f}" for k, v in last.items()
+                      if k not in ("step", "loss", "lr", "elapsed_s") and isinstance(v, float) and v != 0.0)
     click.echo(f"pretrained {cfg.backbone} for {record['steps_done']} steps in {record['train_seconds']:.0f} s; "
-               f"final loss {last.get('loss', float('nan')):.4f} (albedo {last.get('albedo', float('nan')):.4f}, "
-               f"labels {last.get('labels', float('nan')):.4f})")
+               f"final loss {last.get('loss', float('nan')):.4f}" + (f" ({terms})" if terms else ""))
     click.echo(f"weights: {record['weights']} (sha256 {record['sha256']})")
     if check_card:
         from mtpeft_bench.builtin_weights import card
