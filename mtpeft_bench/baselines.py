@@ -100,6 +100,7 @@ def compute_delta(record: Mapping[str, Any], records: Iterable[Mapping[str, Any]
         no baseline covers every task, and for single-task baseline runs themselves it is 0 by
         definition only if the run is its own baseline (then the value is still computed).
     """
+    records = list(records)
     tasks = list(record.get("tasks", []))
     metrics = record.get("metrics") or {}
     primary = {t: _primary(record, t) for t in tasks}
@@ -122,8 +123,14 @@ def compute_delta(record: Mapping[str, Any], records: Iterable[Mapping[str, Any]
             return {"value": delta_m(values, base, higher),
                     "baseline": {"source": "reference", "values": base, "citation": reference.get("citation")}}
     missing = [t for t in tasks if t not in suite]
-    return {"value": None, "baseline": {
-        "source": None,
-        "reason": f"no single-task baseline for {', '.join(missing)}: run "
-                  f"`mtbench run --method {baseline_method} --tasks <task>` with the same recipe",
-    }}
+    reason = (f"no single-task baseline for {', '.join(missing)}: run "
+              f"`mtbench run --method {baseline_method} --tasks <task>` with the same recipe")
+    # Single-task runs that only differ in the recipe are the usual surprise (e.g. other weights).
+    elsewhere = sorted({rec["tasks"][0] for rec in records
+                        if rec.get("status") == "completed" and rec.get("dataset") == record["dataset"]
+                        and rec.get("method") == baseline_method and len(rec.get("tasks", [])) == 1
+                        and rec["tasks"][0] in missing and rec.get("recipe_key") != record.get("recipe_key")})
+    if elsewhere:
+        reason += (f" (runs for {', '.join(elsewhere)} exist, but with another recipe: backbone, weights, "
+                   "image size or schedule differ)")
+    return {"value": None, "baseline": {"source": None, "reason": reason}}

@@ -99,6 +99,8 @@ def _suite_row(key: tuple, recs: Sequence[Mapping[str, Any]], records: Sequence[
                                 "unit": meta.get("unit", ""), "values": [_get(r, "metrics", task, name) for r in recs]}
     deltas = [compute_delta(r, records, baseline_method) for r in recs]
     row["delta_m"] = [d["value"] for d in deltas]
+    reasons = [d["baseline"].get("reason") for d in deltas if d["value"] is None and d["baseline"].get("reason")]
+    row["delta_m_missing"] = reasons[0] if reasons else None
     sources = {d["baseline"].get("source") for d in deltas if d["value"] is not None}
     row["delta_m_baseline"] = ",".join(sorted(s for s in sources if s)) or None
     row["trainable"] = [_get(r, "params", "summary", "total_trainable") for r in recs]

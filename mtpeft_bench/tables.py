@@ -276,6 +276,15 @@ def notes(rows: Sequence[Mapping[str, Any]], baseline_method: str) -> list[str]:
            "(published rows excluded).",
            "GFLOPs: forward FLOPs per image at batch 1 (torch FlopCounterMode: matmuls and convolutions only). "
            "Images/s: model compute after warm-up. Latency: median forward at batch 1."]
+    # Why a Δm cell is empty, once per reason (the methods it concerns first).
+    missing: dict[str, list[str]] = {}
+    for row in rows:
+        if row.get("delta_m_missing") and all(v is None for v in row.get("delta_m") or [None]):
+            name = _method_cell(row)
+            missing.setdefault(row["delta_m_missing"], [])
+            if name not in missing[row["delta_m_missing"]]:
+                missing[row["delta_m_missing"]].append(name)
+    out += [f"Δm — for {', '.join(names)}: {reason}." for reason, names in missing.items()]
     published = [r for r in rows if r.get("source") == "published"]
     if published:
         out.append("Published rows: numbers as given by the sources below (not run by this suite; their protocol "

@@ -10,7 +10,7 @@ import textwrap
 import pytest
 
 from mtpeft_bench.baselines import compute_delta
-from mtpeft_bench.report import leaderboard, render
+from mtpeft_bench.report import leaderboard, render, render_document
 from mtpeft_bench.results import load_results, read_records, write_json_atomic, write_record
 
 
@@ -50,6 +50,18 @@ def test_baselines_need_the_same_recipe():
     delta = compute_delta(mt, [*st, mt])
     assert delta["value"] is None
     assert "semseg" in delta["baseline"]["reason"]
+    assert "runs for semseg exist, but with another recipe" in delta["baseline"]["reason"]
+
+
+def test_compare_says_why_a_delta_is_missing():
+    st = [record("full", ["semseg"], [50.0], recipe="OTHER"), record("full", ["depth"], [0.5])]
+    mt = [record("lora", ["semseg", "depth"], [55.0, 0.54]), record("mtlora", ["semseg", "depth"], [56.0, 0.5])]
+    text = render_document(leaderboard([*st, *mt]), "md")
+    line = next(x for x in text.splitlines() if x.startswith("- Δm — for"))
+    assert line.startswith("- Δm — for lora, mtlora: no single-task baseline for semseg:")
+    assert "another recipe" in line
+    complete = [*st, record("full", ["semseg"], [50.0])]
+    assert "Δm — for" not in render_document(leaderboard([*complete, *mt]), "md")
 
 
 def test_reference_baselines_apply_only_to_their_protocol():
