@@ -111,7 +111,7 @@ def convert_swin_state(state: dict[str, torch.Tensor], model: nn.Module) -> dict
 
     What timm's ``checkpoint_filter_fn`` does, with a detection that does not depend on the timm
     version: the original code merges patches at the END of a stage (so stage 0 has a
-    ``layers.0.downsample``), timm at the start (stage 0 has none); before timm 1.0.20 the filter
+    ``layers.0.downsample``), timm at the start (stage 0 has none); up to timm 1.0.30 at least the filter
     took any checkpoint without ``head.fc.weight`` for an original one, so it shifted the merging
     layers of headless timm-layout files (such as mtbench's built-in weights) by one stage.
     Patch embeddings and relative-position tables of another size are resampled with timm's helpers;
