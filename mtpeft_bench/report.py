@@ -56,6 +56,21 @@ def _method_options(rec: Mapping[str, Any]) -> str:
     return json.dumps(rec.get("method_config") or {}, sort_keys=True, default=str)
 
 
+#: Recipe settings shown to tell apart rows that differ only in their recipe (the rest is in the hash).
+RECIPE_FIELDS = ("backbone", "image_size", "epochs", "batch_size", "base_lr", "weight_decay", "drop_path", "amp")
+
+
+def _recipe_summary(rec: Mapping[str, Any]) -> dict[str, str]:
+    """The readable part of a run's recipe: its weights (source and SHA-256 prefix) and main settings."""
+    weights = rec.get("weights") or {}
+    sha = weights.get("sha256")
+    out = {"weights": f"{weights.get('source', '?')}" + (f":{sha[:8]}" if sha else "")}
+    config = rec.get("config") or {}
+    out.update({k: json.dumps(config.get(k), default=str) for k in RECIPE_FIELDS if k in config})
+    out["recipe"] = str(rec.get("recipe_key") or "?")[:8]  # the fallback when what differs is not shown above
+    return out
+
+
 def _row_key(rec: Mapping[str, Any]) -> tuple:
     return (rec["dataset"], rec["method"], tuple(rec.get("tasks", [])), rec.get("preset"), rec.get("tag", ""),
             rec.get("recipe_key"), _method_options(rec))
@@ -71,8 +86,15 @@ def _label_variants(rows: Sequence[dict[str, Any]]) -> None:
     for family in families.values():
         configs = [json.loads(r.get("_method_options") or "{}") for r in family]
         differing = sorted({k for c in configs for k in c if any(o.get(k) != c.get(k) for o in configs)})
-        for row, config in zip(family, configs):
-            row["variant"] = ",".join(f"{k}={config.get(k)}" for k in differing) if len(family) > 1 else ""
+        recipes = [r.get("_recipe") or {} for r in family]
+        # Rows with the same options but another recipe (e.g. other weights) say what differs.
+        recipe_diff = [k for k in recipes[0] if any(o.get(k) != recipes[0].get(k) for o in recipes)] \
+            if len(family) > 1 else []
+        if len(recipe_diff) > 1:
+            recipe_diff.remove("recipe")
+        for row, config, recipe in zip(family, configs, recipes):
+            parts = [f"{k}={config.get(k)}" for k in differing] + [f"{k}={recipe.get(k)}" for k in recipe_diff]
+            row["variant"] = ",".join(parts) if len(family) > 1 else ""
 
 
 def _get(mapping: Mapping[str, Any] | None, *path: str) -> Any:
@@ -89,7 +111,7 @@ def _suite_row(key: tuple, recs: Sequence[Mapping[str, Any]], records: Sequence[
     row: dict[str, Any] = {
         "dataset": key[0], "method": key[1], "tasks": list(key[2]), "preset": key[3], "tag": key[4],
         "seeds": sorted(r.get("seed") for r in recs), "n": len(recs), "metrics": {}, "source": "suite",
-        "_method_options": key[6],
+        "_method_options": key[6], "_recipe": _recipe_summary(first),
     }
     for task in first.get("tasks", []):
         spec = first["task_specs"][task]

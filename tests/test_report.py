@@ -164,3 +164,17 @@ def test_runs_with_different_method_options_are_different_rows():
     assert next(r for r in rows if r["method"] == "full")["variant"] == ""
     text = render(rows, "md")
     assert "mtlora (rank=16)" in text and "mtlora (rank=64)" in text
+
+
+def test_rows_that_differ_only_in_recipe_say_what_differs():
+    def with_weights(rec, sha, recipe):
+        return {**rec, "recipe_key": recipe, "weights": {"source": "builtin", "sha256": sha}}
+
+    old = with_weights(record("lora", ["semseg", "depth"], [55.0, 0.5]), "aaaaaaaa1111", "R-old")
+    new = with_weights(record("lora", ["semseg", "depth"], [57.0, 0.5]), "bbbbbbbb2222", "R-new")
+    labels = sorted(r["variant"] for r in leaderboard([old, new]))
+    assert labels == ["weights=builtin:aaaaaaaa", "weights=builtin:bbbbbbbb"]
+    # A difference the summary does not show: the recipe hash tells the rows apart.
+    hidden = {**new, "weights": old["weights"]}
+    assert sorted(r["variant"] for r in leaderboard([old, hidden])) == ["recipe=R-new", "recipe=R-old"]
+    assert [r["variant"] for r in leaderboard([old])] == [""]
