@@ -69,3 +69,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+class PicklePayload:
+    """A pickle that, if ever unpickled, records it (``executed``): loaders must never unpickle."""
+
+    executed = False
+
+    def __reduce__(self):
+        return (_mark_payload_executed, ())
+
+
+def _mark_payload_executed():
+    PicklePayload.executed = True
+    return {}

@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 
 from mtpeft_bench.backbone import create_backbone, feature_channels
 from mtpeft_bench.errors import UserError
+from conftest import PicklePayload
 
 
 def _random_weights():
@@ -78,25 +79,13 @@ def test_checkpoint_of_another_model_is_refused(tmp_path):
         create_backbone("swin_micro", (64, 64), str(path))
 
 
-class _Payload:
-    executed = False
-
-    def __reduce__(self):
-        return (_mark_executed, ())
-
-
-def _mark_executed():
-    _Payload.executed = True
-    return {}
-
-
 def test_malicious_pickle_is_refused(tmp_path):
     path = tmp_path / "evil.pth"
     with open(path, "wb") as handle:
-        pickle.dump({"model": _Payload()}, handle)
+        pickle.dump({"model": PicklePayload()}, handle)
     with pytest.raises(UserError, match="cannot read weights"):
         create_backbone("swin_micro", (64, 64), str(path))
-    assert not _Payload.executed
+    assert not PicklePayload.executed
 
 
 def test_hub_weights_offline_fail_in_one_line():

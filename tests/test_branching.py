@@ -9,21 +9,11 @@ import torch
 
 from mtpeft_bench.branching import SharedStream, TaskBranchingBlock
 from mtpeft_bench.encoder import MultiTaskSwinEncoder
+from baseline_helpers import reference_features
 from conftest import micro_backbone
 
 
 TASKS = ("a", "b", "c")
-
-
-def reference_features(backbone, images):
-    """The four features of PROTOCOL.md 4.1 computed with timm's own stage forwards."""
-    x = backbone.patch_embed(images)
-    outs = []
-    for stage in backbone.layers:
-        x = stage(x)
-        outs.append(x)
-    feats = [backbone.layers[i + 1].downsample(outs[i]) for i in range(3)] + [outs[3]]
-    return [f.permute(0, 3, 1, 2) for f in feats]
 
 
 @pytest.fixture

@@ -27,6 +27,7 @@ from mtpeft_bench.checkpoint import (
     save_checkpoint,
 )
 from mtpeft_bench.errors import UserError
+from conftest import PicklePayload
 
 
 def small_training_state(seed: int):
@@ -110,30 +111,18 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     assert load_checkpoint(path).epoch == 1
 
 
-class _Payload:
-    executed = False
-
-    def __reduce__(self):
-        return (_mark_executed, ())
-
-
-def _mark_executed():
-    _Payload.executed = True
-    return {}
-
-
 def test_malicious_pickle_checkpoint_is_refused(tmp_path, capsys):
     path = tmp_path / "runs" / "evil" / "last.safetensors"
     path.parent.mkdir(parents=True)
     with open(path, "wb") as handle:
-        pickle.dump({"model": _Payload()}, handle)
+        pickle.dump({"model": PicklePayload()}, handle)
     with pytest.raises(UserError, match="never unpickles"):
         load_checkpoint(path)
-    assert not _Payload.executed
-    torch.save({"model": _Payload()}, path)  # a torch zip file is refused the same way
+    assert not PicklePayload.executed
+    torch.save({"model": PicklePayload()}, path)  # a torch zip file is refused the same way
     with pytest.raises(UserError, match="not a safetensors file"):
         load_checkpoint(path)
-    assert not _Payload.executed
+    assert not PicklePayload.executed
 
     # Through the command line: a run folder whose checkpoint is a pickle.
     from mtpeft_bench.cli import main
@@ -152,7 +141,7 @@ def test_malicious_pickle_checkpoint_is_refused(tmp_path, capsys):
         main([*args, "--resume", "evil"])
     assert info.value.code == 2
     assert "not a safetensors file" in capsys.readouterr().err
-    assert not _Payload.executed
+    assert not PicklePayload.executed
 
 
 class _FakeWorld:
