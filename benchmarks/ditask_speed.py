@@ -59,6 +59,19 @@ def random_batch(specs, batch: int, size: int, device, seed: int = 0
     return images.to(device), random_targets(specs, batch, (size, size), device, seed + 1)
 
 
+def _example_per_task_copies():
+    """The README plugin example's stream layer (a trainable copy of a linear per task)."""
+    import sys
+    from pathlib import Path
+
+    examples = str(Path(__file__).resolve().parents[1] / "examples")
+    if examples not in sys.path:
+        sys.path.insert(0, examples)
+    from task_proj import PerTaskCopies
+
+    return PerTaskCopies
+
+
 def build_variant(name: str, specs, size: int, device: torch.device, amp: bool,
                   backbone: str = "swin_tiny_patch4_window7_224", ditask_options: dict[str, Any] | None = None):
     """A ``Trainer`` for one variant (random weights: the cost does not depend on them)."""
@@ -80,8 +93,9 @@ def build_variant(name: str, specs, size: int, device: torch.device, amp: bool,
         bb = inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, target_modules=LORA_TARGETS), bb)
         model = MultiTaskModel(MultiTaskSwinEncoder(bb, list(outputs)), outputs)
     elif name == "full_streams":
+        PerTaskCopies = _example_per_task_copies()
         tasks = list(outputs)
-        streams = lambda stage, role, linear: _PerTaskCopies(linear, tasks)  # noqa: E731
+        streams = lambda stage, role, linear: PerTaskCopies(linear, tasks)  # noqa: E731
         model = MultiTaskModel(MultiTaskSwinEncoder(bb, tasks, stream_factory=streams), outputs)
     else:
         method = "full" if name == "full" else "ditask"
@@ -91,22 +105,6 @@ def build_variant(name: str, specs, size: int, device: torch.device, amp: bool,
     model.to(device).train()
     schedule = Schedule(lr=1e-4, warmup_lr=1e-4, min_lr=1e-4, total_steps=10_000, warmup_steps=0)
     return Trainer(model, specs, device, schedule, amp=amp and device.type == "cuda", progress=False)
-
-
-class _PerTaskCopies(torch.nn.Module):
-    """A block linear shared by the shared stream, with a trainable copy per task (``full_streams``)."""
-
-    def __init__(self, linear: torch.nn.Linear, tasks):
-        import copy
-
-        super().__init__()
-        self.tasks = tuple(tasks)
-        self.shared = linear
-        self.per_task = torch.nn.ModuleDict({t: copy.deepcopy(linear) for t in self.tasks})
-
-    def forward(self, x, task_x):
-        inputs = {t: x for t in self.tasks} if task_x is None else task_x
-        return self.shared(x), {t: self.per_task[t](inputs[t]) for t in self.tasks}
 
 
 def _sync(device: torch.device) -> None:
