@@ -10,6 +10,8 @@ suite's own ``Trainer`` step: forward, losses, backward, clipping, AdamW):
 - ``ditask_shared``: DiTASK without task streams (isolates the cost of the weight adaptation from
   the cost of the per-task projection/MLP branches that the multi-task model adds);
 - ``ditask_torch``: DiTASK with the PyTorch reference of the CPA warp instead of the Triton kernel;
+- ``ditask_residual``: DiTASK in the residual weight form W + U·diag(s'−s)·Vᵀ (``residual=true``);
+- ``ditask_dense``: DiTASK rebuilding W' for every layer (``mode=dense``), whatever the operation count;
 - ``full_streams``: full fine-tuning of DiTASK's architecture: every weight trains, and the last
   block of each stage has a trainable copy of proj/fc1/fc2 per task (the task streams), so that
   ``ditask/full_streams`` isolates the cost of the method from the cost of the branched model;
@@ -34,13 +36,15 @@ import torch
 
 LORA_TARGETS = r".*\.(attn\.(qkv|proj)|mlp\.(fc1|fc2))$"
 VARIANTS = ("full", "full_streams", "ditask", "ditask_svd", "ditask_svd_official", "ditask_shared", "ditask_torch",
-            "lora")
+            "ditask_residual", "ditask_dense", "lora")
 DITASK_OPTIONS = {
     "ditask": {},
     "ditask_torch": {"kernel": "torch"},
     "ditask_svd": {"svd_recompute": "per_forward"},
     "ditask_svd_official": {"svd_recompute": "per_use"},
     "ditask_shared": {"task_streams": False},
+    "ditask_residual": {"residual": True},
+    "ditask_dense": {"mode": "dense"},
 }
 
 
@@ -232,7 +236,7 @@ def run(variants, size: int, batch: int, rounds: int, warmup: int, device: str, 
                 ratios[f"{v}/ditask"] = t[v]["wall_s"] / t["ditask"]["wall_s"]
                 ratios[f"{v}/ditask (cpu time)"] = t[v]["cpu_s"] / t["ditask"]["cpu_s"]
     if "full_streams" in t:
-        for v in ("ditask", "ditask_torch"):
+        for v in ("ditask", "ditask_torch", "ditask_residual", "ditask_dense"):
             if v in t:
                 ratios[f"{v}/full_streams"] = t[v]["wall_s"] / t["full_streams"]["wall_s"]
     if "full" in t and "ditask" in t:

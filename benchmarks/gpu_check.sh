@@ -4,9 +4,9 @@
 #   2. the Triton kernel tests on CUDA (kernel vs reference, forward and backward, ragged cases, a
 #      Swin-T-sized pack, the method choosing the kernel) and the metric meters on CUDA;
 #   3. side-by-side training steps, Swin-T at 448 px, batch 32, AMP: full fine-tuning, full
-#      fine-tuning of DiTASK's branched architecture, DiTASK (Triton and PyTorch warp), DiTASK
-#      without task streams, LoRA (peft); one profiled step of each; the CPA warp of all Swin-T
-#      spectra, PyTorch vs Triton;
+#      fine-tuning of DiTASK's branched architecture, DiTASK (Triton and PyTorch warp; official and
+#      residual weight form; per-layer choice and all-dense), DiTASK without task streams, LoRA
+#      (peft); one profiled step of each; the CPA warp of all Swin-T spectra, PyTorch vs Triton;
 #   4. DiTASK vs recomputing the SVDs every forward / as often as the official code (fewer rounds);
 #   5. `mtbench run --method ditask --dataset synth --preset smoke` on CUDA;
 #   6. the pytest-benchmark figure of the CPA warp.
@@ -47,8 +47,8 @@ timeout 90 $PY -m pytest -q -p no:cacheprovider -m "" -rs tests/test_ditask_trit
 timeout 30 $PY -m pytest -q -p no:cacheprovider -m gpu tests/test_metrics.py
 
 step "side by side: Swin-T 448 px, batch 32, AMP (medians of alternating steps)"
-timeout 180 $PY benchmarks/ditask_speed.py --image 448 --batch 32 --rounds 10 --warmup 2 --cpa-rounds 30 \
-  --variants full,full_streams,ditask,ditask_torch,ditask_shared,lora \
+timeout 240 $PY benchmarks/ditask_speed.py --image 448 --batch 32 --rounds 10 --warmup 2 --cpa-rounds 30 \
+  --variants full,full_streams,ditask,ditask_residual,ditask_dense,ditask_torch,ditask_shared,lora \
   --profile "$OUTDIR/profiles.txt" --json "$OUTDIR/ditask_speed_gpu.json"
 
 step "SVDs every forward vs cached: Swin-T 448 px, batch 32, AMP (fewer rounds)"

@@ -122,7 +122,7 @@ def test_theta_init_is_official_uniform_or_identity():
 def test_identity_warp_reproduces_the_frozen_model_exactly(mode):
     torch.manual_seed(1)
     frozen = MultiTaskSwinEncoder(micro_backbone(), TASKS).eval()
-    encoder = build_encoder(init="identity", mode=mode).eval()
+    encoder = build_encoder(init="identity", mode=mode, residual=True).eval()
     x = images()
     with torch.no_grad():
         want, got = frozen(x), encoder(x)
@@ -131,8 +131,23 @@ def test_identity_warp_reproduces_the_frozen_model_exactly(mode):
             assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("mode", ["dense", "factored"])
+def test_identity_warp_in_the_official_form_reproduces_the_frozen_model(mode):
+    # U·diag(s)·Vᵀ equals W up to the float32 SVD's rounding; the relative error stays near 1e-6.
+    torch.manual_seed(1)
+    frozen = MultiTaskSwinEncoder(micro_backbone(), TASKS).eval()
+    encoder = build_encoder(init="identity", mode=mode).eval()
+    assert not encoder.ditask.residual  # the official form is the default
+    x = images()
+    with torch.no_grad():
+        want, got = frozen(x), encoder(x)
+    for t in TASKS:
+        for a, b in zip(got[t], want[t]):
+            assert (a - b).norm() <= 2e-5 * b.norm()
+
+
 def test_identity_warp_layer_matches_frozen_linear_exactly():
-    encoder = build_encoder(init="identity").eval()
+    encoder = build_encoder(init="identity", residual=True).eval()
     x = torch.randn(3, 5, 32)
     layer = encoder.backbone.layers[0].blocks[0].proj.layer  # a branching layer
     qkv = encoder.backbone.layers[0].blocks[0].block.attn.qkv
@@ -178,8 +193,31 @@ def test_input_dropout_rate_and_expectation():
     assert torch.equal(drop(x), x)
 
 
+@pytest.mark.parametrize("residual", [True, False])
+@pytest.mark.parametrize("mode", ["dense", "factored"])
+def test_training_output_is_the_layer_on_the_dropped_out_input(mode, residual):
+    # The dropout scale 1/(1−p) is applied to W' or s' instead of x: same result as scaling x.
+    encoder = build_encoder(mode=mode, residual=residual, dropout=0.3).train()
+    randomise_thetas(encoder, 0.8)
+    layers = {"qkv (3 blocks)": encoder.backbone.layers[0].blocks[0].block.attn.qkv,
+              "fc1 (branching)": encoder.backbone.layers[0].blocks[0].fc1}
+    for name, module in layers.items():
+        layer = getattr(module, "layer", module)
+        x = torch.randn(2, 9, layer.in_features)
+        torch.manual_seed(7)
+        got = module(x) if module is layer else module(x, None)[0]
+        torch.manual_seed(7)
+        xm, scale = layer.dropout.masked(x)
+        assert scale > 1 and (xm == 0).any()
+        layer.eval()
+        with torch.no_grad():
+            want = layer(xm * scale)
+        torch.testing.assert_close(got.detach(), want, atol=1e-5, rtol=1e-5, msg=name)
+        layer.train()
+
+
 def test_task_inputs_get_no_dropout_but_the_shared_input_does():
-    encoder = build_encoder(init="identity", dropout=0.5).train()
+    encoder = build_encoder(init="identity", dropout=0.5, residual=True).train()
     stream = encoder.backbone.layers[2].blocks[1].fc2
     layer = stream.layer
     x = torch.ones(4, 512)
@@ -191,7 +229,7 @@ def test_task_inputs_get_no_dropout_but_the_shared_input_does():
 
 
 def test_task_transforms_warp_the_original_spectrum():
-    encoder = build_encoder().eval()
+    encoder = build_encoder(residual=True).eval()  # exact: the identity task warp gives W itself
     randomise_thetas(encoder, 1.0)
     stream = encoder.backbone.layers[2].blocks[1].fc1
     assert isinstance(stream, DiTASKStream)
@@ -247,11 +285,20 @@ def test_mode_choice_counts_operations():
     assert not factored_is_cheaper(520, 768, 768, 768, grad=True, residual=True)
     # Without a gradient the rebuild is paid once, not twice: factors win below C/2 tokens.
     assert not factored_is_cheaper(400, 768, 768, 768, grad=False, residual=True)
-    encoder = build_encoder()
-    encoder(images())
-    modes = encoder.method_info()["layer_modes"]["train"]
-    assert modes["stage0:32x32"] == modes["stage0:128x32"] == "dense"  # 512 tokens, C = 32
-    assert modes["stage3:256x256"] == modes["stage3:1024x256"] == "factored"  # 8 tokens, C = 256
+    # Official form (the default): the factors replace the frozen product, so a C×C block switches
+    # at 2C tokens (3·T·C² + 2·C³ against 4·T·C²) and the 4C×C MLP layers always take the factors.
+    assert factored_is_cheaper(1535, 768, 768, 768, grad=True, residual=False)
+    assert not factored_is_cheaper(1537, 768, 768, 768, grad=True, residual=False)
+    assert factored_is_cheaper(10 ** 7, 4 * 96, 96, 96, grad=True, residual=False)
+    assert factored_is_cheaper(10 ** 7, 96, 4 * 96, 96, grad=True, residual=False)
+    assert not factored_is_cheaper(10 ** 7, 4 * 96, 96, 96, grad=True, residual=True)
+    for residual, mlp_stage0 in ((True, "dense"), (False, "factored")):
+        encoder = build_encoder(residual=residual)
+        encoder(images())
+        modes = encoder.method_info()["layer_modes"]["train"]
+        assert modes["stage0:32x32"] == "dense"  # 512 tokens, C = 32
+        assert modes["stage0:128x32"] == modes["stage0:32x128"] == mlp_stage0
+        assert modes["stage3:256x256"] == modes["stage3:1024x256"] == "factored"  # 8 tokens, C = 256
 
 
 def test_recomputing_the_svds_gives_the_same_model():

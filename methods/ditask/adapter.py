@@ -14,9 +14,10 @@ stage, each layer applies W' = U·diag(s')·Vᵀ either as a rebuilt matrix — 
 same-shaped layers of the stage in one batched matmul — or as factors applied to the activations,
 whichever costs fewer operations for the tokens at hand (:func:`factored_is_cheaper`).
 
-By default the layer computes W' = W + U·diag(s' − s)·Vᵀ ("residual"), equal to the official
-U·diag(s')·Vᵀ in exact arithmetic; it differs only by the SVD's rounding error, and makes the
-identity warp reproduce the frozen layer bit for bit. ``residual=False`` computes the official form.
+By default the layer computes the official W' = U·diag(s')·Vᵀ. ``residual=True`` computes
+W' = W + U·diag(s' − s)·Vᵀ instead, equal in exact arithmetic; it differs only by the SVD's rounding
+error and makes the identity warp reproduce the frozen layer bit for bit, but its factored way must
+still compute the frozen product W·x (forward and input gradient), so it is the dearer form.
 """
 
 from __future__ import annotations
@@ -59,7 +60,9 @@ def factored_is_cheaper(tokens: int, out_b: int, in_f: int, k: int, grad: bool, 
     backward, leaving out what both ways share. Residual form: rebuild ΔW (out·in·k), and in the
     backward the weight gradient (tokens·out·in) and its projection on the factors (out·in·k);
     versus ((x·V)·Δs)·Uᵀ, tokens·k·(in+out) each way. Official form: the rebuilt W' also carries
-    the frozen part, so the dense way pays the main product and its weight gradient.
+    the frozen part, so the dense way pays the main product and its weight gradient, while the
+    factors ((x·V)·s')·Uᵀ replace the main product altogether. For an (4C × C) MLP layer with a
+    gradient that is 10·tokens·C² against 12·tokens·C² + 8·C³: the factors always win there.
     """
     g = 1 if grad else 0
     factored = (1 + g) * tokens * k * (in_f + out_b)
@@ -71,23 +74,32 @@ def factored_is_cheaper(tokens: int, out_b: int, in_f: int, k: int, grad: bool, 
 
 
 class InputDropout(nn.Dropout):
-    """``nn.Dropout`` whose CPU mask costs half as much.
+    """``nn.Dropout`` whose CPU mask costs half as much, and whose scale can go to the weights.
 
     On the CPU, drawing one random float per element dominates dropout's cost; here each 64-bit
     draw gives four 16-bit numbers and an element is dropped when its number falls below
     round(p·2¹⁶), so the drop rate is p rounded to a multiple of 2⁻¹⁶ (0.05 → 0.0500031) and kept
     elements are scaled by 1/(1 − that rate), keeping the expectation. CUDA and evaluation use
     ``nn.Dropout`` unchanged.
+
+    :meth:`masked` returns the masked input and the scale separately: dropout(x)·W'ᵀ equals
+    mask(x)·(c·W')ᵀ, and c·W' (or c·s' for the factored layer) is far smaller than x.
     """
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def masked(self, x: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """(x with the dropped elements zeroed, the scale c of the kept ones) on the CPU in training;
+        elsewhere (dropout(x), 1.0)."""
         if not self.training or self.p == 0 or x.device.type != "cpu":
-            return super().forward(x)
+            return super().forward(x), 1.0
         drop = round(self.p * 65536)
         n = x.numel()
         bits = torch.randint(-2**63, 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device)
         r = bits.view(torch.int16)[:n].view(x.shape)
-        return torch.where(r >= drop - 32768, x * (65536 / (65536 - drop)), 0.0)
+        return x.masked_fill(r < drop - 32768, 0.0), 65536 / (65536 - drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xm, scale = self.masked(x)
+        return xm if scale == 1.0 else xm * scale
 
 
 class DiTASKLinear(nn.Module):
@@ -127,7 +139,8 @@ class DiTASKLinear(nn.Module):
         return self.base.bias
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.__dict__["_bank"].apply(self, self.dropout(x), SHARED)
+        xm, scale = self.dropout.masked(x)
+        return self.__dict__["_bank"].apply(self, xm, SHARED, input_scale=scale)
 
     def extra_repr(self) -> str:
         return f"in={self.in_features}, out={self.out_features}, blocks={self.blocks}"
@@ -148,9 +161,11 @@ class DiTASKStream(StreamLayer):
 
     def forward(self, x: torch.Tensor, task_x: Mapping[str, torch.Tensor] | None):
         bank = self.layer.__dict__["_bank"]
-        xd = self.layer.dropout(x)
-        shared = bank.apply(self.layer, xd, SHARED)
-        return shared, {t: bank.apply(self.layer, xd if task_x is None else task_x[t], t) for t in self.tasks}
+        xm, c = self.layer.dropout.masked(x)
+        shared = bank.apply(self.layer, xm, SHARED, input_scale=c)
+        if task_x is None:  # the task paths read the same dropped-out input
+            return shared, {t: bank.apply(self.layer, xm, t, input_scale=c) for t in self.tasks}
+        return shared, {t: bank.apply(self.layer, task_x[t], t) for t in self.tasks}
 
 
 @dataclass
@@ -192,7 +207,7 @@ class DiTASKBank(nn.Module):
     """
 
     def __init__(self, layers: Sequence[tuple[int, DiTASKLinear, bool]], tasks: Sequence[str], shared_cells: int,
-                 task_cells: int, kernel: str = "auto", residual: bool = True, mode: str = "auto",
+                 task_cells: int, kernel: str = "auto", residual: bool = False, mode: str = "auto",
                  svd_recompute: str = "never"):
         super().__init__()
         self.tasks = tuple(tasks)
@@ -397,12 +412,14 @@ class DiTASKBank(nn.Module):
             plan[g] = (True, torch.split(rebuilt, group.pieces))
         return plan
 
-    def apply(self, layer: DiTASKLinear, x: torch.Tensor, variant: str | None) -> torch.Tensor:
-        """The adapted layer's output for input ``x`` (..., in) with the shared or a task's warp."""
+    def apply(self, layer: DiTASKLinear, x: torch.Tensor, variant: str | None,
+              input_scale: float = 1.0) -> torch.Tensor:
+        """The adapted layer's output for input ``input_scale · x`` (..., in) with the shared or a
+        task's warp; the scale (dropout's 1/(1−p)) is applied to W' or s', not to ``x``."""
         if self._state is None:  # called outside the encoder's forward (e.g. a layer on its own)
             self.begin()
             try:
-                return self.apply(layer, x, variant)
+                return self.apply(layer, x, variant, input_scale)
             finally:
                 self.end()
         li = layer.__dict__["_bank_index"]
@@ -416,18 +433,26 @@ class DiTASKBank(nn.Module):
         n = where.blocks
         if dense:
             dw = pieces[where.piece].reshape(layer.out_features, layer.in_features)
-            return F.linear(x, base.weight + dw if self.residual else dw, base.bias)
-        scale = pieces[where.piece]  # (n, k)
+            weight = base.weight + dw if self.residual else dw
+            return F.linear(x, weight if input_scale == 1.0 else weight * input_scale, base.bias)
+        scale = pieces[where.piece]  # (n, k): s' − s (residual) or s'
         u = self._state["U"][where.group][where.pos:where.pos + n]  # (n, out_b, k)
         v = self._state["V"][where.group][where.pos:where.pos + n]  # (n, in, k)
         lead = x.shape[:-1]
         x2 = x.reshape(-1, layer.in_features)
-        proj = torch.einsum("ti,nik->ntk", x2, v) * scale.unsqueeze(1)
-        y = torch.einsum("ntk,nok->tno", proj, u).reshape(x2.shape[0], layer.out_features)
         if self.residual:
-            y = F.linear(x2, base.weight, base.bias) + y
-        elif base.bias is not None:
-            y = y + base.bias
+            bias = F.linear(x2, base.weight if input_scale == 1.0 else base.weight * input_scale, base.bias)
+        else:
+            bias = base.bias
+        if input_scale != 1.0:
+            scale = scale * input_scale
+        proj = torch.einsum("ti,nik->ntk", x2, v) * scale.unsqueeze(1)  # (n, tokens, k)
+        if n == 1:  # the bias (or the frozen product) rides on the last matmul
+            y = torch.addmm(bias, proj[0], u[0].mT) if bias is not None else proj[0] @ u[0].mT
+        else:
+            y = torch.einsum("ntk,nok->tno", proj, u).reshape(x2.shape[0], layer.out_features)
+            if bias is not None:
+                y = y + bias
         return y.reshape(*lead, layer.out_features)
 
     def info(self) -> dict[str, Any]:

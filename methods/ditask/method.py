@@ -70,8 +70,10 @@ class DiTASKConfig(MethodConfig):
             reductions (official: yes); false freezes them.
         task_streams: per-task transforms in the last block of every stage (the multi-task
             model); false gives the shared-only ("single-task") DiTASK of DITASK.md 4.3.
-        residual: apply W' as W + U·diag(s'−s)·Vᵀ (default; exact identity warp) instead of the
-            official U·diag(s')·Vᵀ; both are equal up to the SVD's rounding error.
+        residual: apply W' as W + U·diag(s'−s)·Vᵀ (the identity warp then reproduces the frozen
+            layer bit for bit) instead of the official U·diag(s')·Vᵀ (default); both are equal up
+            to the SVD's rounding error, but only the official form lets the factored way skip the
+            frozen product W·x, which makes it the cheaper one for fc1/fc2 at every batch size.
         mode: how W' reaches the activations: ``auto`` (rebuild W' or apply the factors,
             whichever costs fewer operations for the batch), ``dense`` or ``factored``.
         svd_recompute: ``never`` (SVDs cached at build), ``per_forward`` (every matrix again at
@@ -86,7 +88,7 @@ class DiTASKConfig(MethodConfig):
     dead_task_theta: bool = True
     train_extras: bool = True
     task_streams: bool = True
-    residual: bool = True
+    residual: bool = False
     mode: str = "auto"
     svd_recompute: str = "never"
 
