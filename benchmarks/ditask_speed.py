@@ -20,13 +20,21 @@ suite's own ``Trainer`` step: forward, losses, backward, clipping, AdamW):
 Steps of the variants alternate (one step of each per round, the order rotated every round) so
 that load changes on a shared machine hit all of them alike; medians are reported, with wall time
 and process CPU time. Run ``python benchmarks/ditask_speed.py --help``.
+
+``--malloc-tunables`` restarts the process with glibc's malloc told to keep freed memory instead
+of returning every large block to the kernel (``GLIBC_TUNABLES``, see ``MALLOC_TUNABLES``): by
+default each large activation is a fresh ``mmap`` whose pages fault in one by one, which makes
+every elementwise operation on the CPU several times slower than the memory allows. It applies to
+all variants of the run alike; the JSON records the setting.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import sys
 import time
 from typing import Any
 from collections.abc import Callable
@@ -35,6 +43,7 @@ import torch
 
 
 LORA_TARGETS = r".*\.(attn\.(qkv|proj)|mlp\.(fc1|fc2))$"
+MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=17179869184"
 VARIANTS = ("full", "full_streams", "ditask", "ditask_svd", "ditask_svd_official", "ditask_shared", "ditask_torch",
             "ditask_residual", "ditask_dense", "lora")
 DITASK_OPTIONS = {
@@ -214,7 +223,7 @@ def run(variants, size: int, batch: int, rounds: int, warmup: int, device: str, 
     result: dict[str, Any] = {
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(), "backbone": backbone, "image": size, "batch": batch, "rounds": rounds,
-        "amp": amp,
+        "amp": amp, "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
         "steps": alternate(steps, rounds, warmup, dev),
         "modes": trainers["ditask"].model.encoder.method_info() if "ditask" in trainers else None,
     }
@@ -259,7 +268,13 @@ def main(argv=None) -> None:
     parser.add_argument("--no-amp", action="store_true")
     parser.add_argument("--json", default=None, help="write the result here")
     parser.add_argument("--profile", default=None, help="write the profile of one step of each variant to this text file")
+    parser.add_argument("--malloc-tunables", action="store_true",
+                        help=f"restart with GLIBC_TUNABLES={MALLOC_TUNABLES} (large CPU allocations reused)")
     args = parser.parse_args(argv)
+    if args.malloc_tunables and os.environ.get("GLIBC_TUNABLES") != MALLOC_TUNABLES:
+        env = {**os.environ, "GLIBC_TUNABLES": MALLOC_TUNABLES}
+        os.execve(sys.executable, [sys.executable, os.path.abspath(__file__),
+                                   *(sys.argv[1:] if argv is None else argv)], env)
     if args.threads:
         torch.set_num_threads(args.threads)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -269,7 +284,7 @@ def main(argv=None) -> None:
     result = run(variants, args.image, args.batch, args.rounds, args.warmup, args.device, not args.no_amp,
                  args.cpa_rounds, args.backbone, args.profile)
     print(f"device {result['device']} · threads {result['threads']} · {args.image}px · batch {args.batch} · "
-          f"{args.rounds} rounds (median)")
+          f"{args.rounds} rounds (median) · GLIBC_TUNABLES={result['glibc_tunables'] or 'unset'}")
     for v, r in result["steps"].items():
         spread = f"[{min(r['wall_all']) * 1e3:.1f}–{max(r['wall_all']) * 1e3:.1f}]"
         peak = f"   peak {r['peak_gib']:.1f} GiB" if "peak_gib" in r else ""
