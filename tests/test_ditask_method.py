@@ -17,7 +17,8 @@ from conftest import micro_backbone
 from mtpeft_bench.encoder import MultiTaskSwinEncoder
 from mtpeft_bench.errors import UserError
 from mtpeft_bench.measure import parameter_groups
-from mtpeft_bench.methods.ditask.adapter import DiTASKLinear, DiTASKStream, InputDropout, factored_is_cheaper
+from mtpeft_bench.methods.ditask.adapter import (TRAFFIC_WEIGHT, DiTASKLinear, DiTASKStream, InputDropout,
+                                                 factored_is_cheaper)
 from mtpeft_bench.methods.ditask.cpa import warp_spectrum
 from mtpeft_bench.model import build_model
 from mtpeft_bench.registry import get_method
@@ -292,6 +293,13 @@ def test_mode_choice_counts_operations():
     assert factored_is_cheaper(10 ** 7, 4 * 96, 96, 96, grad=True, residual=False)
     assert factored_is_cheaper(10 ** 7, 96, 4 * 96, 96, grad=True, residual=False)
     assert not factored_is_cheaper(10 ** 7, 4 * 96, 96, 96, grad=True, residual=True)
+    # On a GPU the (tokens × k) intermediate's memory traffic outweighs the saved multiply-adds for
+    # Swin-T's training batches (448 px, batch 32: stage 1 has 401,408 tokens), not for a few tokens.
+    gpu = TRAFFIC_WEIGHT["cuda"]
+    assert TRAFFIC_WEIGHT["cpu"] == 0
+    assert not factored_is_cheaper(401_408, 4 * 96, 96, 96, grad=True, residual=False, traffic_weight=gpu)
+    assert not factored_is_cheaper(6_272, 4 * 768, 768, 768, grad=True, residual=False, traffic_weight=gpu)
+    assert factored_is_cheaper(196, 768, 768, 768, grad=False, residual=False, traffic_weight=gpu)
     for residual, mlp_stage0 in ((True, "dense"), (False, "factored")):
         encoder = build_encoder(residual=residual)
         encoder(images())

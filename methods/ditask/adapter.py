@@ -53,19 +53,34 @@ def svd_factors(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
     return vh.mT.contiguous(), s.contiguous(), u.contiguous()
 
 
-def factored_is_cheaper(tokens: int, out_b: int, in_f: int, k: int, grad: bool, residual: bool) -> bool:
-    """Whether applying the factors to the activations costs fewer multiply-adds than rebuilding.
+# How many multiply-adds one element access of an activation is worth, per device type. On the CPU
+# the multiply-add count alone predicts the choice (measured: Swin-T, 224 px, batch 8, 2 threads,
+# per-layer choice 3.49 s per step against 4.79 s with every W' rebuilt). A GPU's tensor cores do
+# far more multiply-adds per byte of memory traffic than a CPU: H100 / H200 spec sheets give about
+# 495 T fp16 multiply-adds/s against 3.35–4.8 TB/s, i.e. 200–300 per 2-byte element; matmuls at
+# these shapes reach about half their peak, hence 200, an estimate from the spec sheets (what
+# ``benchmarks/gpu_check.sh`` measures: ``ditask`` against ``ditask_dense``).
+TRAFFIC_WEIGHT = {"cpu": 0.0, "cuda": 200.0}
+
+
+def factored_is_cheaper(tokens: int, out_b: int, in_f: int, k: int, grad: bool, residual: bool,
+                        traffic_weight: float = 0.0) -> bool:
+    """Whether applying the factors to the activations costs less than rebuilding W'.
 
     Counted per (out_b × in_f) block with k singular values, forward plus (when θ needs a gradient)
-    backward, leaving out what both ways share. Residual form: rebuild ΔW (out·in·k), and in the
-    backward the weight gradient (tokens·out·in) and its projection on the factors (out·in·k);
-    versus ((x·V)·Δs)·Uᵀ, tokens·k·(in+out) each way. Official form: the rebuilt W' also carries
-    the frozen part, so the dense way pays the main product and its weight gradient, while the
-    factors ((x·V)·s')·Uᵀ replace the main product altogether. For an (4C × C) MLP layer with a
-    gradient that is 10·tokens·C² against 12·tokens·C² + 8·C³: the factors always win there.
+    backward, in multiply-adds, leaving out what both ways share. Residual form: rebuild ΔW
+    (out·in·k), and in the backward the weight gradient (tokens·out·in) and its projection on the
+    factors (out·in·k); versus ((x·V)·Δs)·Uᵀ, tokens·k·(in+out) each way. Official form: the
+    rebuilt W' also carries the frozen part, so the dense way pays the main product and its weight
+    gradient, while the factors ((x·V)·s')·Uᵀ replace the main product altogether. For an (4C × C)
+    MLP layer with a gradient that is 10·tokens·C² against 12·tokens·C² + 8·C³.
+
+    The factored way also reads and writes a (tokens × k) intermediate about 4 times forward and 8
+    times backward, which a memory-bound device feels: each access counts ``traffic_weight``
+    multiply-adds (:data:`TRAFFIC_WEIGHT`).
     """
     g = 1 if grad else 0
-    factored = (1 + g) * tokens * k * (in_f + out_b)
+    factored = (1 + g) * tokens * k * (in_f + out_b) + traffic_weight * (4 + 8 * g) * tokens * k
     if residual:
         dense = (1 + g) * out_b * in_f * k + g * tokens * out_b * in_f
     else:
@@ -386,7 +401,7 @@ class DiTASKBank(nn.Module):
     def end(self) -> None:
         self._state = None
 
-    def _prepare_stage(self, stage: int, tokens: int) -> dict[int, Any]:
+    def _prepare_stage(self, stage: int, tokens: int, device_type: str) -> dict[int, Any]:
         """Choose dense or factored for every group of ``stage`` and rebuild the dense ones, batched."""
         grad = torch.is_grad_enabled()
         plan: dict[int, Any] = {}
@@ -395,7 +410,8 @@ class DiTASKBank(nn.Module):
                 continue
             k = min(group.out_b, group.in_f)
             if self.mode == "auto":
-                factored = factored_is_cheaper(tokens, group.out_b, group.in_f, k, grad, self.residual)
+                factored = factored_is_cheaper(tokens, group.out_b, group.in_f, k, grad, self.residual,
+                                               TRAFFIC_WEIGHT.get(device_type, 0.0))
             else:
                 factored = self.mode == "factored"
             modes = self.last_modes.setdefault("train" if grad else "no_grad", {})
@@ -427,7 +443,7 @@ class DiTASKBank(nn.Module):
         stage = self._stage_of[li]
         stages = self._state["stages"]
         if stage not in stages:
-            stages[stage] = self._prepare_stage(stage, max(1, x.numel() // layer.in_features))
+            stages[stage] = self._prepare_stage(stage, max(1, x.numel() // layer.in_features), x.device.type)
         base = layer.base
         dense, pieces = stages[stage][where.group]
         n = where.blocks
