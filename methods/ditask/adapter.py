@@ -456,19 +456,20 @@ class DiTASKBank(nn.Module):
         v = self._state["V"][where.group][where.pos:where.pos + n]  # (n, in, k)
         lead = x.shape[:-1]
         x2 = x.reshape(-1, layer.in_features)
+        # What the factored term is added to: the frozen layer's output (residual form) or its bias.
         if self.residual:
-            bias = F.linear(x2, base.weight if input_scale == 1.0 else base.weight * input_scale, base.bias)
+            offset = F.linear(x2, base.weight if input_scale == 1.0 else base.weight * input_scale, base.bias)
         else:
-            bias = base.bias
+            offset = base.bias
         if input_scale != 1.0:
             scale = scale * input_scale
         proj = torch.einsum("ti,nik->ntk", x2, v) * scale.unsqueeze(1)  # (n, tokens, k)
-        if n == 1:  # the bias (or the frozen product) rides on the last matmul
-            y = torch.addmm(bias, proj[0], u[0].mT) if bias is not None else proj[0] @ u[0].mT
+        if n == 1:  # the offset rides on the last matmul
+            y = torch.addmm(offset, proj[0], u[0].mT) if offset is not None else proj[0] @ u[0].mT
         else:
             y = torch.einsum("ntk,nok->tno", proj, u).reshape(x2.shape[0], layer.out_features)
-            if bias is not None:
-                y = y + bias
+            if offset is not None:
+                y = y + offset
         return y.reshape(*lead, layer.out_features)
 
     def info(self) -> dict[str, Any]:
