@@ -11,6 +11,8 @@ Weights (``--weights``):
 - ``timm``: the pretrained weights of the timm model name from the Hugging Face hub
   (``swin_tiny_patch4_window7_224`` is the ImageNet-1k checkpoint; append a tag such as
   ``.ms_in22k`` to the backbone name for another);
+- ``builtin``: the small backbones mtbench pretrained itself; :mod:`mtpeft_bench.pretraining.weights`
+  finds the shipped file and checks it against the model card, this module loads it;
 - a path to ``.safetensors``, ``.pth`` or ``.pt``: a timm state dict or an original Microsoft
   Swin checkpoint (``{"model": ...}``), converted by :func:`convert_swin_state` (timm's own
   resampling helpers). Pickles are loaded with ``weights_only=True``.
