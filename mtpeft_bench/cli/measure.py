@@ -9,13 +9,14 @@ import json
 
 import click
 
-from mtpeft_bench.cli.options import MODEL_OPTIONS, prefixed_settings, resolve_config, run_options, split_list
+from mtpeft_bench.cli.options import (MODEL_OPTIONS, dataset_option, method_option, prefixed_settings,
+                                      resolve_config, run_options, split_list)
 from mtpeft_bench.errors import UserError
 
 
 @click.command()
-@click.option("--method", "-m", required=True, help="Method plugin (see `mtbench ls methods`).")
-@click.option("--dataset", "-d", default="synth", show_default=True, help="Dataset plugin.")
+@method_option
+@dataset_option
 @run_options(*MODEL_OPTIONS)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def params(method, dataset, as_json, **options):

@@ -9,12 +9,19 @@ and :func:`command_line` writes them back as flags (for ``sweep --print-commands
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import click
 
 from mtpeft_bench.errors import UserError
 
+if TYPE_CHECKING:
+    from mtpeft_bench.config import RunConfig
+
+
+# The plugins of one run (run, params).
+method_option = click.option("--method", "-m", required=True, help="Method plugin (see `mtbench ls methods`).")
+dataset_option = click.option("--dataset", "-d", default="synth", show_default=True, help="Dataset plugin.")
 
 # The run options: name (the keyword the command receives) -> (click declarations, click settings).
 # The first declaration is the flag a generated command line writes; the order here is the order of
@@ -103,7 +110,7 @@ def config_fields(options: Mapping[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def resolve_config(dataset: str, options: Mapping[str, Any], **fields: Any):
+def resolve_config(dataset: str, options: Mapping[str, Any], **fields: Any) -> RunConfig:
     """The run configuration of ``dataset`` from the run options (and ``fields`` such as method, seed).
 
     Raises:

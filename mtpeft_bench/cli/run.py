@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from mtpeft_bench.cli.options import MODEL_OPTIONS, TRAINING_OPTIONS, resolve_config, run_options
+from mtpeft_bench.cli.options import (MODEL_OPTIONS, TRAINING_OPTIONS, dataset_option, method_option, resolve_config,
+                                      run_options)
 
 
 EXAMPLES_RUN = """\b
@@ -19,8 +20,8 @@ Examples:
 
 
 @click.command(epilog=EXAMPLES_RUN)
-@click.option("--method", "-m", required=True, help="Method plugin (see `mtbench ls methods`).")
-@click.option("--dataset", "-d", default="synth", show_default=True, help="Dataset plugin.")
+@method_option
+@dataset_option
 @run_options(*MODEL_OPTIONS)
 @click.option("--seed", type=int, default=None, help="Random seed (default 0).")
 @run_options(*TRAINING_OPTIONS)
