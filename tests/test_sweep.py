@@ -13,7 +13,7 @@ import torch
 
 from conftest import run_cli
 from mtpeft_bench.engine import Trainer
-from mtpeft_bench.sweep import parse_seeds
+from mtpeft_bench.cli.options import parse_seeds
 
 
 GRID = ["sweep", "--methods", "full,decoder_only", "--datasets", "synth", "--seeds", "0,1", "--preset", "smoke",
