@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import micro_backbone
+from helpers import micro_backbone
 from mtpeft_bench.cli import main
 from mtpeft_bench.encoder import MultiTaskSwinEncoder
 from mtpeft_bench.measure import count_flops, merged_model, profile_inference
