@@ -1,4 +1,5 @@
-"""Shared fixtures: offline hub, a private cache for generated data, the example plugin, one torch thread.
+"""Shared fixtures: offline hub, a private cache for generated data, the example plugin, one torch thread,
+seeded edge matching.
 
 Plain helper functions and classes live in ``helpers/`` (imported as ``from helpers import ...``),
 not here: test modules never import ``conftest``.
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from helpers import load_example_plugin
+from helpers.edges import seed_bsds_matching
 
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub on test machines; fail fast instead of retrying
@@ -44,3 +46,10 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def seeded_bsds_matching(monkeypatch):
+    """odsF matching in this process with fixed outlier draws (see helpers/edges.py)."""
+    monkeypatch.delenv("MTBENCH_EDGE_WORKERS", raising=False)
+    seed_bsds_matching(1)
