@@ -53,3 +53,16 @@ def seeded_bsds_matching(monkeypatch):
     """odsF matching in this process with fixed outlier draws (see helpers/edges.py)."""
     monkeypatch.delenv("MTBENCH_EDGE_WORKERS", raising=False)
     seed_bsds_matching(1)
+
+
+@pytest.fixture
+def lowrank_method():
+    """Register ``lowrank_fc2`` (helpers/lowrank.py) for one test only (and remove only it afterwards:
+    plugins imported during the test stay registered, as their modules stay imported)."""
+    from helpers.lowrank import LowRankFc2
+    from mtpeft_bench.registry import method_registry
+
+    method_registry.register("lowrank_fc2")(LowRankFc2)
+    yield LowRankFc2
+    method_registry._classes.pop("lowrank_fc2", None)
+    method_registry._runtime.pop("lowrank_fc2", None)

@@ -9,7 +9,6 @@ import pytest
 
 from mtpeft_bench.bench import format_bench
 from mtpeft_bench.cli import main
-from test_measure_merge import lowrank_method  # noqa: F401  (fixture: registers lowrank_fc2 for one test)
 
 
 SMALL = ["--steps", "2", "--warmup", "1", "--batch-size", "2", "--tasks", "semseg"]
@@ -22,7 +21,7 @@ def bench(capsys, *args):
     return info.value.code, out, err
 
 
-def test_bench_json_and_table(capsys, lowrank_method):  # noqa: F811
+def test_bench_json_and_table(capsys, lowrank_method):
     code, out, err = bench(capsys, "--method", "lowrank_fc2", *SMALL, "--json")
     assert code == 0, err
     result = json.loads(out)

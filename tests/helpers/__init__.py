@@ -6,6 +6,7 @@ Modules:
     ``helpers.baseline``: Swin-T facts and a cached Swin-T for the baseline-method tests.
     ``helpers.datasets``: real-data miniatures of every registered dataset (ATRC packaging included).
     ``helpers.edges``: fixed outlier draws for the BSDS edge matcher behind odsF.
+    ``helpers.lowrank``: ``lowrank_fc2``, a test method whose encoder merges for inference.
 
 The tests import them as ``from helpers import ...``: pytest puts ``tests/`` on ``sys.path``
 (rootdir-relative, no ``__init__.py`` in ``tests/``), as for every test module.
