@@ -27,7 +27,7 @@ from mtpeft_bench.checkpoint import (
     save_checkpoint,
 )
 from mtpeft_bench.errors import UserError
-from conftest import PicklePayload
+from helpers import PicklePayload
 
 
 def small_training_state(seed: int):
