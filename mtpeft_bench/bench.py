@@ -60,8 +60,8 @@ def random_targets(specs: Sequence[Any], batch: int, image_size: tuple[int, int]
 
 
 def _build(name: str, specs, setup: BenchSetup, options: Mapping[str, Any], device: torch.device):
-    from mtpeft_bench.backbone import create_backbone
-    from mtpeft_bench.model import build_model, task_outputs_of
+    from mtpeft_bench.model.backbone import create_backbone
+    from mtpeft_bench.model.multitask import build_model, task_outputs_of
     from mtpeft_bench.registry import get_method
     from mtpeft_bench.tasks.base import config_from_mapping
 

@@ -66,7 +66,7 @@ def load_into(model: nn.Module, name: str) -> dict[str, Any]:
     """
     import torch
     from safetensors.torch import load_file
-    from mtpeft_bench.backbone import convert_swin_state, sha256_of
+    from mtpeft_bench.model.backbone import convert_swin_state, sha256_of
 
     path = weights_file(name)
     entry = card()["models"][name]

@@ -117,9 +117,9 @@ def params(method, dataset, tasks, preset, backbone, weights, sets, as_json):
     from tabulate import tabulate
 
     cfg = _resolve_cfg(dataset, preset, dict(method=method, tasks=_split_tasks(tasks), backbone=backbone), sets)
-    from mtpeft_bench.backbone import create_backbone
+    from mtpeft_bench.model.backbone import create_backbone
     from mtpeft_bench.measure import parameter_groups, parameter_summary
-    from mtpeft_bench.model import build_model, task_outputs_of
+    from mtpeft_bench.model.multitask import build_model, task_outputs_of
     from mtpeft_bench.runner import prepare
 
     resolved = prepare(cfg)

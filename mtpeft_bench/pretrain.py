@@ -4,7 +4,7 @@ Objective, on the procedural corpus of :mod:`mtpeft_bench.tasks.pretrain_corpus`
 ``synth``), none of whose targets is one of the benchmark's tasks:
 
 - **Albedo** (intrinsic-image decomposition): the benchmark's own decoder head
-  (:class:`~mtpeft_bench.heads.HRNetHead`) on the encoder's four features predicts the surfaces'
+  (:class:`~mtpeft_bench.model.heads.HRNetHead`) on the encoder's four features predicts the surfaces'
   colours without shading and shadows (L1, all pixels, normalised like the input); telling
   texture from light needs surface orientation and occlusion, which the dense tasks use too.
 - **Scene properties**: a linear head on the average-pooled last stage predicts which primitive
@@ -69,7 +69,7 @@ class LinearHead(nn.Module):
 
     def __init__(self, in_channels, num_outputs: int):
         super().__init__()
-        from mtpeft_bench.heads import DECODER_CHANNELS
+        from mtpeft_bench.model.heads import DECODER_CHANNELS
 
         self.reduce = nn.ModuleList(nn.Conv2d(c, r, 1, bias=False) for c, r in zip(in_channels, DECODER_CHANNELS))
         self.out = nn.Conv2d(sum(DECODER_CHANNELS), num_outputs, 1)
@@ -169,7 +169,7 @@ class PretrainModel(nn.Module):
 
     ``forward(images (B, 3, H, W), mask (B, H/4, W/4) bool or None)`` → ``{"albedo": (B, 3, H, W),
     "pixels": (B, 3, H, W) or None, "logits": (B, K)}``. The albedo head is the benchmark's decoder
-    (:class:`~mtpeft_bench.heads.HRNetHead`) on the encoder's four features (PROTOCOL.md 4.1: stages
+    (:class:`~mtpeft_bench.model.heads.HRNetHead`) on the encoder's four features (PROTOCOL.md 4.1: stages
     1-3 after the next PatchMerging, stage 4), so pretraining shapes the very features the benchmark's
     heads read. Only ``backbone`` is exported; the heads and the mask token are not.
     """
@@ -177,8 +177,8 @@ class PretrainModel(nn.Module):
     def __init__(self, backbone: nn.Module, num_logits: int, shading: bool = False, head: str = "hrnet",
                  recon: bool = False, height: bool = False, group_dim: int = 0):
         super().__init__()
-        from mtpeft_bench.backbone import feature_channels, stage_channels
-        from mtpeft_bench.heads import HRNetHead
+        from mtpeft_bench.model.backbone import feature_channels, stage_channels
+        from mtpeft_bench.model.heads import HRNetHead
 
         self.backbone = backbone
         channels = stage_channels(backbone)
@@ -434,7 +434,7 @@ def load_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optim
 
 def export_backbone(model: PretrainModel, path: Path, cfg: PretrainConfig, extra: dict[str, Any]) -> str:
     """Write the backbone's state dict (``store_dtype``) as safetensors; returns its SHA-256."""
-    from mtpeft_bench.backbone import sha256_of
+    from mtpeft_bench.model.backbone import sha256_of
 
     dtype = getattr(torch, cfg.store_dtype)
     tensors = {k: v.detach().to(dtype) for k, v in model.backbone.state_dict().items()}
@@ -449,7 +449,7 @@ def export_backbone(model: PretrainModel, path: Path, cfg: PretrainConfig, extra
 # -- the run -----------------------------------------------------------------------------------
 
 def build_pretrain_model(cfg: PretrainConfig) -> PretrainModel:
-    from mtpeft_bench.backbone import create_backbone
+    from mtpeft_bench.model.backbone import create_backbone
 
     torch.manual_seed(cfg.seed)
     backbone, _ = create_backbone(cfg.backbone, cfg.image_size, "none", drop_path_rate=0.0)

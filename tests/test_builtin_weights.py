@@ -13,7 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from mtpeft_bench import builtin_weights
-from mtpeft_bench.backbone import create_backbone, sha256_of
+from mtpeft_bench.model.backbone import create_backbone, sha256_of
 from mtpeft_bench.config import resolve
 from mtpeft_bench.errors import UserError
 

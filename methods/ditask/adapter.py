@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtpeft_bench.branching import StreamLayer
+from mtpeft_bench.model.branching import StreamLayer
 from mtpeft_bench.errors import UserError
 from mtpeft_bench.methods.ditask.cpa import SpectrumPack, theta_dim, warp_packed_torch
 
