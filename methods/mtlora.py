@@ -50,10 +50,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtpeft_bench.model.branching import StreamLayer, TaskTensors
-from mtpeft_bench.model.encoder import MultiTaskSwinEncoder
 from mtpeft_bench.methods._peft_util import set_trainable
 from mtpeft_bench.methods.base import Method, MethodConfig, freeze
+from mtpeft_bench.model.branching import StreamLayer, TaskTensors
+from mtpeft_bench.model.encoder import MultiTaskSwinEncoder
 from mtpeft_bench.model.params import extra_parameters
 from mtpeft_bench.registry import register_method
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mtpeft_bench.model.backbone import create_backbone, feature_channels
 from mtpeft_bench.errors import UserError
+from mtpeft_bench.model.backbone import create_backbone, feature_channels
 from conftest import PicklePayload
 
 

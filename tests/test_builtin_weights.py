@@ -13,9 +13,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from mtpeft_bench import builtin_weights
-from mtpeft_bench.model.backbone import create_backbone, sha256_of
 from mtpeft_bench.config import resolve
 from mtpeft_bench.errors import UserError
+from mtpeft_bench.model.backbone import create_backbone, sha256_of
 
 
 SHIPPED = ("swin_micro", "swin_mini")

@@ -17,9 +17,9 @@ from torch import nn
 
 from conftest import micro_backbone
 from mtpeft_bench.cli import main
-from mtpeft_bench.model.encoder import MultiTaskSwinEncoder
 from mtpeft_bench.measure import count_flops, merged_model, profile_inference
 from mtpeft_bench.methods.base import Method, MethodConfig, freeze
+from mtpeft_bench.model.encoder import MultiTaskSwinEncoder
 from mtpeft_bench.model.multitask import build_model, task_outputs_of
 from mtpeft_bench.registry import get_dataset, method_registry
 

@@ -96,8 +96,8 @@ from mtpeft_bench.metrics.edge import EDGE_THRESHOLDS, EdgeMeter
 from mtpeft_bench.metrics.normals import NORMALS_MEDIAN_BIN_DEG, NORMALS_THRESHOLDS_DEG, NormalsMeter
 from mtpeft_bench.metrics.saliency import (SALIENCY_BETA_SQUARED, SALIENCY_F_THRESHOLDS, SALIENCY_IOU_THRESHOLDS,
                                            SaliencyMeter)
-from mtpeft_bench.metrics.seism import boundary_counts, edge_backend, edge_thresholds, ods_from_counts
 from mtpeft_bench.metrics.segmentation import SegmentationMeter
+from mtpeft_bench.metrics.seism import boundary_counts, edge_backend, edge_thresholds, ods_from_counts
 
 __all__ = [
     "DepthMeter",
