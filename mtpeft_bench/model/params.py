@@ -54,11 +54,8 @@ def extra_parameters(backbone: "nn.Module", groups: Sequence[str] = EXTRA_GROUPS
 
 
 def set_extras_trainable(backbone: "nn.Module", trainable: bool = True, groups: Sequence[str] = EXTRA_GROUPS) -> None:
-    """Set ``requires_grad`` of the backbone's "extra" parameters.
-
-    MTLoRA and DiTASK train, besides their own parameters, the patch embedding, every LayerNorm,
-    the relative-position bias tables and the PatchMerging reductions (PROTOCOL.md 5.2,
-    DITASK.md 4.1). ``groups`` picks a subset of :data:`EXTRA_GROUPS`.
+    """Set ``requires_grad`` of the backbone's "extra" parameters (:func:`extra_parameters`; DiTASK
+    trains them as MTLoRA does, DITASK.md 4.1). ``groups`` picks a subset of :data:`EXTRA_GROUPS`.
     """
     for param in extra_parameters(backbone, groups):
         param.requires_grad_(trainable)
