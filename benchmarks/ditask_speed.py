@@ -88,11 +88,11 @@ def _example_per_task_copies():
 def build_variant(name: str, specs, size: int, device: torch.device, amp: bool,
                   backbone: str = "swin_tiny_patch4_window7_224", ditask_options: dict[str, Any] | None = None):
     """A ``Trainer`` for one variant (random weights: the cost does not depend on them)."""
-    from mtpeft_bench.backbone import create_backbone
-    from mtpeft_bench.encoder import MultiTaskSwinEncoder
+    from mtpeft_bench.model.backbone import create_backbone
+    from mtpeft_bench.model.encoder import MultiTaskSwinEncoder
     from mtpeft_bench.engine import Schedule, Trainer
     from mtpeft_bench.methods.base import freeze
-    from mtpeft_bench.model import MultiTaskModel, build_model, task_outputs_of
+    from mtpeft_bench.model.multitask import MultiTaskModel, build_model, task_outputs_of
     from mtpeft_bench.registry import get_method
     from mtpeft_bench.tasks.base import config_from_mapping
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from mtpeft_bench.branching import SharedStream, StreamLayer
-from mtpeft_bench.encoder import MultiTaskSwinEncoder
 from mtpeft_bench.methods.base import Method, MethodConfig, freeze
+from mtpeft_bench.model.branching import SharedStream, StreamLayer
+from mtpeft_bench.model.encoder import MultiTaskSwinEncoder
 from mtpeft_bench.registry import register_method
 
 

@@ -1,8 +1,8 @@
 """Helpers shared by the peft-based method plugins (``lora``, ``peft``) and the other baselines.
 
 Not a plugin (the leading underscore keeps the registry scan away): the regexes of the Swin
-layers the baselines adapt, the injection of a peft tuner into the stock timm Swin, and the
-switch that lets the backbone's "extra" parameters train as in the MTLoRA/DiTASK protocol.
+layers the baselines adapt and the injection of a peft tuner into the stock timm Swin (which
+backbone "extras" train is :mod:`mtpeft_bench.model.params`).
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ from typing import Any, Iterable, Sequence
 from torch import nn
 
 from mtpeft_bench.errors import UserError
-from mtpeft_bench.measure import backbone_param_kind
-from mtpeft_bench.methods.base import EXTRA_GROUPS
 
 
 #: The 48 block linears of Swin-T (qkv, proj, fc1, fc2 of every block). A bare ``proj`` would also
@@ -27,20 +25,6 @@ FC2 = r".*\.mlp\.fc2$"
 #: Every LayerNorm of the backbone: the block norms, the PatchMerging norms and the patch
 #: embedding's norm (timm's ``Mlp.norm`` is an Identity and is not matched).
 LAYER_NORMS = r".*\.(norm1|norm2|downsample\.norm|patch_embed\.norm)$"
-
-
-def extra_parameters(backbone: nn.Module, groups: Sequence[str] = EXTRA_GROUPS) -> list[nn.Parameter]:
-    """The backbone's own "extra" parameters of the given kinds, taken before any injection.
-
-    MTLoRA and DiTASK train, besides their own parameters, the patch embedding, every LayerNorm,
-    the relative-position bias tables and the PatchMerging reductions (PROTOCOL.md 5.2). Taking the
-    parameter objects before a method wraps layers keeps the selection to the original ones (an
-    adapter parameter whose name contains ``norm`` is not an extra).
-    """
-    unknown = [g for g in groups if g not in EXTRA_GROUPS]
-    if unknown:
-        raise ValueError(f"unknown extra groups {unknown}; known: {EXTRA_GROUPS}")
-    return [p for name, p in backbone.named_parameters() if backbone_param_kind(name) in groups]
 
 
 def set_trainable(params: Iterable[nn.Parameter], trainable: bool = True) -> None:

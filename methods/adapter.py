@@ -24,9 +24,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mtpeft_bench.encoder import MultiTaskSwinEncoder
-from mtpeft_bench.methods._peft_util import extra_parameters, set_trainable
+from mtpeft_bench.methods._peft_util import set_trainable
 from mtpeft_bench.methods.base import Method, MethodConfig, freeze
+from mtpeft_bench.model.encoder import MultiTaskSwinEncoder
+from mtpeft_bench.model.params import extra_parameters
 from mtpeft_bench.registry import register_method
 
 

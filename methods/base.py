@@ -6,7 +6,7 @@ A method changes only the encoder. It is a class registered with ``@register_met
   validated in ``__post_init__``; its docstring cites the paper.
 - ``build(backbone, tasks, cfg) -> encoder``: wraps or injects into the stock timm Swin, freezes
   what the method does not train and returns an encoder (usually
-  :class:`mtpeft_bench.encoder.MultiTaskSwinEncoder`) whose ``forward(images)`` returns
+  :class:`mtpeft_bench.model.encoder.MultiTaskSwinEncoder`) whose ``forward(images)`` returns
   ``{task: [four NCHW stage features]}`` and whose ``out_channels`` lists their channels.
 
 What trains is what has ``requires_grad``. Optional capabilities are attributes of the encoder
@@ -55,20 +55,3 @@ def freeze(module: Any) -> None:
     """Set ``requires_grad=False`` on every parameter of ``module``."""
     for param in module.parameters():
         param.requires_grad_(False)
-
-
-EXTRA_GROUPS = ("patch_embed", "norms", "rel_pos", "reductions")
-
-
-def set_extras_trainable(backbone: Any, trainable: bool = True, groups: Sequence[str] = EXTRA_GROUPS) -> None:
-    """Set ``requires_grad`` of the backbone's "extra" parameters.
-
-    MTLoRA and DiTASK train, besides their own parameters, the patch embedding, every LayerNorm,
-    the relative-position bias tables and the PatchMerging reductions (PROTOCOL.md 5.2,
-    DITASK.md 4.1). ``groups`` picks a subset of :data:`EXTRA_GROUPS`.
-    """
-    from mtpeft_bench.measure import backbone_param_kind
-
-    for name, param in backbone.named_parameters():
-        if backbone_param_kind(name) in groups:
-            param.requires_grad_(trainable)

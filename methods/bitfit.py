@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mtpeft_bench.encoder import MultiTaskSwinEncoder
-from mtpeft_bench.measure import backbone_param_kind
 from mtpeft_bench.methods.base import Method, MethodConfig, freeze
+from mtpeft_bench.model.encoder import MultiTaskSwinEncoder
+from mtpeft_bench.model.params import backbone_param_kind
 from mtpeft_bench.registry import register_method
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mtpeft_bench.encoder import MultiTaskSwinEncoder
 from mtpeft_bench.methods.base import Method, MethodConfig, freeze
+from mtpeft_bench.model.encoder import MultiTaskSwinEncoder
 from mtpeft_bench.registry import register_method
 
 

@@ -24,9 +24,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mtpeft_bench.encoder import MultiTaskSwinEncoder
-from mtpeft_bench.methods._peft_util import BLOCK_LINEARS, extra_parameters, finish_peft_injection, inject_peft
+from mtpeft_bench.methods._peft_util import BLOCK_LINEARS, finish_peft_injection, inject_peft
 from mtpeft_bench.methods.base import Method, MethodConfig, freeze
+from mtpeft_bench.model.encoder import MultiTaskSwinEncoder
+from mtpeft_bench.model.params import extra_parameters
 from mtpeft_bench.registry import register_method
 
 

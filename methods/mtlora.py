@@ -16,7 +16,7 @@ models/swin_transformer_mtlora.py), read at commit 333a375 (PROTOCOL.md 5). Writ
   the dropped-out shared input), and the TA-LoRA delta is NOT added to task outputs. 'matrixv2'
   (``mode=matrixv2``) adds the shared delta to the task outputs as well.
 - The task streams of a stage run through the next stage's shared PatchMerging and become that
-  stage's task features (mtpeft_bench.branching / encoder); only the shared stream continues.
+  stage's task features (mtpeft_bench.model.branching / encoder); only the shared stream continues.
 - Trained: the LoRA factors, the patch embedding, every LayerNorm, the relative-position tables
   and the PatchMerging reductions (``train_extras``); the linears' weights and biases stay frozen
   (``BIAS: none``). **MTLoRA+** (``plus=true``): the PatchMerging reductions get a shared LoRA
@@ -50,10 +50,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtpeft_bench.branching import StreamLayer, TaskTensors
-from mtpeft_bench.encoder import MultiTaskSwinEncoder
-from mtpeft_bench.methods._peft_util import extra_parameters, set_trainable
+from mtpeft_bench.methods._peft_util import set_trainable
 from mtpeft_bench.methods.base import Method, MethodConfig, freeze
+from mtpeft_bench.model.branching import StreamLayer, TaskTensors
+from mtpeft_bench.model.encoder import MultiTaskSwinEncoder
+from mtpeft_bench.model.params import extra_parameters
 from mtpeft_bench.registry import register_method
 
 

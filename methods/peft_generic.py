@@ -27,11 +27,12 @@ import dataclasses
 import difflib
 from typing import Any
 
-from mtpeft_bench.encoder import MultiTaskSwinEncoder
 from mtpeft_bench.methods._peft_util import (
-    BLOCK_LINEARS, FC2, LAYER_NORMS, QKV_AND_FC2, extra_parameters, finish_peft_injection, inject_peft,
+    BLOCK_LINEARS, FC2, LAYER_NORMS, QKV_AND_FC2, finish_peft_injection, inject_peft,
 )
 from mtpeft_bench.methods.base import Method, MethodConfig, freeze
+from mtpeft_bench.model.encoder import MultiTaskSwinEncoder
+from mtpeft_bench.model.params import extra_parameters
 from mtpeft_bench.registry import register_method
 
 

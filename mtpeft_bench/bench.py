@@ -20,6 +20,7 @@ import torch
 
 from mtpeft_bench.measure import (Throughput, count_flops, merged_model, parameter_groups, parameter_summary,
                                   reset_peak_memory, synchronize, time_forwards, turns)
+from mtpeft_bench.task_kinds import TASK_KIND_TABLE
 
 
 @dataclass
@@ -44,24 +45,13 @@ def random_targets(specs: Sequence[Any], batch: int, image_size: tuple[int, int]
                    seed: int = 0) -> dict[str, torch.Tensor]:
     """Targets of the right format for each task kind (see ``tasks/base.py``), random values."""
     g = torch.Generator().manual_seed(seed)
-    h, w = image_size
-    out = {}
-    for spec in specs:
-        if spec.kind == "segmentation":
-            target = torch.randint(0, spec.num_outputs, (batch, h, w), generator=g)
-        elif spec.kind == "depth":
-            target = torch.rand(batch, 1, h, w, generator=g) * 5 + 0.5
-        elif spec.kind == "normals":
-            target = torch.nn.functional.normalize(torch.randn(batch, 3, h, w, generator=g), dim=1)
-        else:  # saliency, edge: binary maps
-            target = (torch.rand(batch, 1, h, w, generator=g) > 0.5).float()
-        out[spec.name] = target.to(device)
-    return out
+    size = (image_size[0], image_size[1])
+    return {spec.name: TASK_KIND_TABLE[spec.kind].random_target(spec, batch, size, g).to(device) for spec in specs}
 
 
 def _build(name: str, specs, setup: BenchSetup, options: Mapping[str, Any], device: torch.device):
-    from mtpeft_bench.backbone import create_backbone
-    from mtpeft_bench.model import build_model, task_outputs_of
+    from mtpeft_bench.model.backbone import create_backbone
+    from mtpeft_bench.model.multitask import build_model, task_outputs_of
     from mtpeft_bench.registry import get_method
     from mtpeft_bench.tasks.base import config_from_mapping
 

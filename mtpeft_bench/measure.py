@@ -4,10 +4,10 @@ Parameter groups (how the papers' counts decompose, PROTOCOL.md 5.3 and DITASK.m
 
 - ``method``: parameters the method added to the backbone (LoRA factors, θ of DiTASK, adapters),
   found by identity: they are not among the backbone's parameters before ``Method.build``;
-- the backbone's own parameters by kind: ``patch_embed`` (conv + its LayerNorm), ``norms``
-  (block and PatchMerging LayerNorms), ``rel_pos`` (relative-position bias tables),
-  ``reductions`` (PatchMerging linear reductions) and ``linears`` (qkv/proj/fc1/fc2 weights and
-  biases); the first four are the "extras" that MTLoRA and DiTASK train;
+- the backbone's own parameters by kind (:mod:`mtpeft_bench.model.params`): ``patch_embed``
+  (conv + its LayerNorm), ``norms`` (block and PatchMerging LayerNorms), ``rel_pos``
+  (relative-position bias tables), ``reductions`` (PatchMerging linear reductions) and ``linears``
+  (qkv/proj/fc1/fc2 weights and biases); the first four are the "extras" that MTLoRA and DiTASK train;
 - ``decoder``: the per-task heads.
 
 Inference cost (:func:`count_flops`, :func:`profile_inference`): forward FLOPs at batch 1 from
@@ -30,30 +30,17 @@ from typing import Any, Callable, ContextManager, Iterator, Mapping
 import torch
 from torch import nn
 
+from mtpeft_bench.model.params import BACKBONE_KINDS, EXTRA_GROUPS, backbone_param_kind
 
-BACKBONE_KINDS = ("patch_embed", "norms", "rel_pos", "reductions", "linears")
+
 GROUPS = ("method", *BACKBONE_KINDS, "decoder")
-
-
-def backbone_param_kind(name: str) -> str:
-    """Kind of a backbone parameter from its name (relative to the backbone or any prefix)."""
-    parts = name.split(".")
-    if "relative_position_bias_table" in parts:
-        return "rel_pos"
-    if "patch_embed" in parts:
-        return "patch_embed"
-    if "reduction" in parts and "downsample" in parts:
-        return "reductions"
-    if any(p.startswith("norm") for p in parts[:-1]):
-        return "norms"
-    return "linears"
 
 
 def parameter_groups(model: nn.Module, backbone_param_ids: set[int]) -> dict[str, dict[str, int]]:
     """Count parameters by group.
 
     Args:
-        model: a :class:`~mtpeft_bench.model.MultiTaskModel`.
+        model: a :class:`~mtpeft_bench.model.multitask.MultiTaskModel`.
         backbone_param_ids: ids of the backbone's parameters before the method built the encoder.
 
     Returns:
@@ -82,7 +69,7 @@ def parameter_groups(model: nn.Module, backbone_param_ids: set[int]) -> dict[str
 def parameter_summary(groups: dict[str, dict[str, int]]) -> dict[str, int]:
     """The headline numbers papers quote, derived from :func:`parameter_groups`."""
     trainable = {g: c["trainable"] for g, c in groups.items()}
-    extras = sum(trainable[g] for g in ("patch_embed", "norms", "rel_pos", "reductions"))
+    extras = sum(trainable[g] for g in EXTRA_GROUPS)
     encoder = trainable["method"] + extras + trainable["linears"]
     return {
         "method": trainable["method"],
@@ -167,7 +154,7 @@ def count_flops(model: nn.Module, images: torch.Tensor) -> dict[str, int]:
 
     Args:
         model: a model with ``encoder`` and ``heads`` submodules (a
-            :class:`~mtpeft_bench.model.MultiTaskModel`), or any module (then only ``total``).
+            :class:`~mtpeft_bench.model.multitask.MultiTaskModel`), or any module (then only ``total``).
         images: (B, 3, H, W); divide by B for FLOPs per image.
 
     Returns:

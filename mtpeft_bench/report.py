@@ -18,6 +18,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from mtpeft_bench.baselines import compute_delta, load_reference
 from mtpeft_bench.delta import delta_m
+from mtpeft_bench.model.params import EXTRA_GROUPS
 from mtpeft_bench.tables import (FORMATS, csv_table, latex_escape, mean_std, notes, render,  # noqa: F401
                                  render_document, table)
 
@@ -28,7 +29,6 @@ SORT_KEYS: dict[str, tuple[str, bool]] = {
     "memory": ("peak_memory_mb", False), "train": ("train_images_per_s", True),
     "infer": ("inference_images_per_s", True), "latency": ("latency_ms", False), "method": ("method", False),
 }
-EXTRA_GROUPS = ("patch_embed", "norms", "rel_pos", "reductions")
 _NUMERIC = ("delta_m", "trainable", "flops", "peak_memory_mb", "train_images_per_s", "inference_images_per_s",
             "latency_ms", "merged_latency_ms", "merged_images_per_s", "unmerged_images_per_s")
 

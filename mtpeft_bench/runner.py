@@ -233,13 +233,13 @@ def run(cfg: RunConfig | None = None, /, *, resume: bool | str | None = None, **
         RunCancelled: stopped by Ctrl-C/SIGTERM after saving a checkpoint (a ``KeyboardInterrupt``).
     """
     from mtpeft_bench import distributed
-    from mtpeft_bench.backbone import create_backbone
+    from mtpeft_bench.model.backbone import create_backbone
     from mtpeft_bench.baselines import compute_delta
     from mtpeft_bench.checkpoint import runs_root
     from mtpeft_bench.engine import Schedule, Trainer, _autocast
     from mtpeft_bench.loop import EpochLoop
     from mtpeft_bench.measure import FLOPS_COUNTED, parameter_groups, parameter_summary, profile_inference
-    from mtpeft_bench.model import build_model, task_outputs_of
+    from mtpeft_bench.model.multitask import build_model, task_outputs_of
     from mtpeft_bench.results import SCHEMA_VERSION, read_records, write_record
     from mtpeft_bench.session import RunSession
 

@@ -13,47 +13,19 @@ from typing import Any, Sequence
 
 import numpy as np
 
-
-def _palette(num_classes: int) -> np.ndarray:
-    """float[num_classes, 3] distinct colours (matplotlib's tab20, tab20b, tab20c, then repeated)."""
-    from matplotlib import colormaps
-
-    colours = np.concatenate([colormaps[name].colors for name in ("tab20", "tab20b", "tab20c")])[:, :3]
-    # tab20 pairs a strong and a light shade: take the strong ones first so few classes differ most
-    order = np.concatenate([np.arange(0, len(colours), 2), np.arange(1, len(colours), 2)])
-    colours = colours[order]
-    return colours[np.arange(num_classes) % len(colours)]
+from mtpeft_bench.task_kinds import TASK_KIND_TABLE
 
 
 def target_to_rgb(target: Any, spec: Any) -> tuple[np.ndarray, tuple[float, float] | None]:
-    """Colour one target tensor of ``spec`` (format of tasks/base.py).
+    """Colour one target tensor of ``spec`` (format of tasks/base.py) by its kind's rule
+    (:mod:`mtpeft_bench.task_kinds`).
 
     Returns:
         float[H, W, 3] in [0, 1] (ignored pixels black) and, for depth, the (min, max) shown by
         the colour map (else None).
     """
-    from matplotlib import colormaps
-
     t = target.detach().cpu().numpy() if hasattr(target, "detach") else np.asarray(target)
-    ignore = spec.ignore_index
-    if spec.kind == "segmentation":
-        valid = t != ignore
-        rgb = _palette(spec.num_outputs)[np.where(valid, t, 0).clip(0, spec.num_outputs - 1)]
-        rgb[~valid] = 0.0
-        return rgb, None
-    if spec.kind == "normals":
-        valid = ~(t == ignore).all(axis=0)
-        rgb = ((np.moveaxis(t, 0, -1) + 1.0) / 2.0).clip(0.0, 1.0)
-        rgb[~valid] = 0.0
-        return rgb, None
-    t = t[0]
-    if spec.kind == "depth":
-        valid = t != ignore
-        lo, hi = (float(t[valid].min()), float(t[valid].max())) if valid.any() else (0.0, 1.0)
-        rgb = colormaps["viridis"](((t - lo) / max(hi - lo, 1e-6)).clip(0, 1))[..., :3]
-        rgb[~valid] = 0.0
-        return rgb, (lo, hi)
-    return np.repeat(t.clip(0, 1)[..., None], 3, axis=-1), None
+    return TASK_KIND_TABLE[spec.kind].to_rgb(t, spec)
 
 
 def draw_samples(plugin: Any, task_specs: Sequence[Any], root: Path | str | None, n: int, out_path: Path | str,

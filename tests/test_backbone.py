@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from mtpeft_bench.backbone import create_backbone, feature_channels
-from mtpeft_bench.errors import UserError
 from helpers import PicklePayload
+from mtpeft_bench.errors import UserError
+from mtpeft_bench.model.backbone import create_backbone, feature_channels
 
 
 def _random_weights():

@@ -7,8 +7,8 @@ import copy
 import pytest
 import torch
 
-from mtpeft_bench.branching import SharedStream, TaskBranchingBlock
-from mtpeft_bench.encoder import MultiTaskSwinEncoder
+from mtpeft_bench.model.branching import SharedStream, TaskBranchingBlock
+from mtpeft_bench.model.encoder import MultiTaskSwinEncoder
 from helpers import micro_backbone
 from helpers.baseline import reference_features
 

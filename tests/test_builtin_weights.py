@@ -12,10 +12,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from mtpeft_bench.backbone import create_backbone
 from mtpeft_bench.config import resolve
 from mtpeft_bench.digest import sha256_of
 from mtpeft_bench.errors import UserError
+from mtpeft_bench.model.backbone import create_backbone
 from mtpeft_bench.pretraining import weights as builtin_weights
 
 

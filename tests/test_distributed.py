@@ -196,8 +196,8 @@ WORKER = textwrap.dedent('''
 def eval_model_and_data(cache, num_val):
     """A micro-Swin model for all six synth tasks and the synth validation split (64 px)."""
     os.environ["MTBENCH_CACHE"] = cache
-    from mtpeft_bench.backbone import create_backbone
-    from mtpeft_bench.model import build_model, task_outputs_of
+    from mtpeft_bench.model.backbone import create_backbone
+    from mtpeft_bench.model.multitask import build_model, task_outputs_of
     from mtpeft_bench.registry import get_dataset, get_method
     from mtpeft_bench.tasks.base import config_from_mapping
 

@@ -14,13 +14,13 @@ import torch
 import torch.nn.functional as F
 
 from helpers import micro_backbone
-from mtpeft_bench.encoder import MultiTaskSwinEncoder
 from mtpeft_bench.errors import UserError
 from mtpeft_bench.measure import parameter_groups
 from mtpeft_bench.methods.ditask.adapter import (TRAFFIC_WEIGHT, DiTASKLinear, DiTASKStream, InputDropout,
                                                  factored_is_cheaper)
 from mtpeft_bench.methods.ditask.cpa import warp_spectrum
-from mtpeft_bench.model import build_model
+from mtpeft_bench.model.encoder import MultiTaskSwinEncoder
+from mtpeft_bench.model.multitask import build_model
 from mtpeft_bench.registry import get_method
 from mtpeft_bench.tasks.base import config_from_mapping
 

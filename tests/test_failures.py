@@ -101,7 +101,7 @@ def test_unwritable_runs_folder_is_reported_before_training(capsys, tmp_path, mo
     def never(*args, **kwargs):
         raise AssertionError("the model must not be built when checkpoints cannot be written")
 
-    monkeypatch.setattr("mtpeft_bench.backbone.create_backbone", never)
+    monkeypatch.setattr("mtpeft_bench.model.backbone.create_backbone", never)
     blocker = tmp_path / "file"
     blocker.write_text("")
     code, _, err = run_cli([*TINY, "--out", str(tmp_path / "results"), "--set", f"runs_dir={blocker / 'runs'}"], capsys)

@@ -9,7 +9,7 @@ from torch import nn
 
 from helpers import micro_backbone
 from mtpeft_bench.measure import Throughput, count_flops, profile_inference, time_forwards
-from mtpeft_bench.model import build_model, task_outputs_of
+from mtpeft_bench.model.multitask import build_model, task_outputs_of
 from mtpeft_bench.registry import get_dataset, get_method
 
 

@@ -17,7 +17,7 @@ from helpers import micro_backbone
 from helpers.lowrank import LowRankFc2, LowRankLinear
 from mtpeft_bench.cli import main
 from mtpeft_bench.measure import count_flops, merged_model, profile_inference
-from mtpeft_bench.model import build_model, task_outputs_of
+from mtpeft_bench.model.multitask import build_model, task_outputs_of
 from mtpeft_bench.registry import get_dataset
 
 

@@ -16,8 +16,8 @@ from helpers import micro_backbone
 from helpers.baseline import (
     DECODER, EXTRAS, PASCAL_TASKS, REDUCTIONS, SUM_BC, SWIN_T_C, reference_features, swin_t_model, trainable,
 )
-from mtpeft_bench.branching import TaskBranchingBlock
 from mtpeft_bench.errors import UserError
+from mtpeft_bench.model.branching import TaskBranchingBlock
 from mtpeft_bench.registry import get_method
 from mtpeft_bench.tasks.base import config_from_mapping
 

@@ -11,7 +11,7 @@ from helpers import micro_backbone
 from helpers.baseline import SUM_BC, swin_t_model, trainable
 from mtpeft_bench.engine import Schedule, Trainer
 from mtpeft_bench.errors import UserError
-from mtpeft_bench.model import build_model, task_outputs_of
+from mtpeft_bench.model.multitask import build_model, task_outputs_of
 from mtpeft_bench.registry import get_dataset, get_method, method_registry
 from mtpeft_bench.tasks.base import config_from_mapping
 
@@ -79,7 +79,7 @@ def test_every_tested_tuner_trains_on_a_micro_swin(peft_type):
 @pytest.mark.slow
 @pytest.mark.parametrize("peft_type", sorted(set(_available_types()) - set(SVD_AT_INJECTION)))
 def test_every_tested_tuner_builds_on_swin_t(peft_type):
-    from mtpeft_bench.backbone import create_backbone
+    from mtpeft_bench.model.backbone import create_backbone
 
     torch.manual_seed(0)
     backbone, _ = create_backbone("swin_tiny_patch4_window7_224", (64, 64), "none", 0.0)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from mtpeft_bench import metrics
+from mtpeft_bench.metrics import edge as metrics  # the module whose edge_backend the EdgeMeter calls
 from mtpeft_bench.metrics import boundary_counts, build_meter, ods_from_counts, resize_prediction
 from mtpeft_bench.registry import get_dataset
 from mtpeft_bench.tasks.protocols import edge_task_with_approximation

@@ -92,7 +92,7 @@ def test_reconstruction_loss_counts_masked_pixels_only():
 
 
 def test_mask_token_replaces_masked_patches_only():
-    from mtpeft_bench.backbone import create_backbone
+    from mtpeft_bench.model.backbone import create_backbone
 
     torch.manual_seed(0)
     backbone, _ = create_backbone("swin_micro", (64, 64), "none")
@@ -150,7 +150,7 @@ def test_short_pretraining_is_reproducible_and_resumes(tmp_path):
 def test_exported_weights_load_with_weights_path(tmp_path):
     from safetensors.torch import load_file
 
-    from mtpeft_bench.backbone import create_backbone
+    from mtpeft_bench.model.backbone import create_backbone
 
     pretrain(PretrainConfig(**{**TINY, "steps": 1}), tmp_path / "w.safetensors", progress=False)
     stored = load_file(str(tmp_path / "w.safetensors"))
@@ -248,7 +248,7 @@ def test_grouping_loss_rewards_separated_objects():
 def test_pretraining_with_reconstruction_height_and_grouping(tmp_path):
     """The optional dense terms and the linear head train, are logged and reproducible; the backbone
     they export loads like any other."""
-    from mtpeft_bench.backbone import create_backbone
+    from mtpeft_bench.model.backbone import create_backbone
 
     cfg = PretrainConfig(**{**TINY, "steps": 2, "head": "linear", "recon_weight": 1.0, "height_weight": 1.0,
                             "group_weight": 0.3})

@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mtpeft_bench.branching import StreamLayer
 from mtpeft_bench.errors import UserError
 from mtpeft_bench.methods.ditask.cpa import SpectrumPack, theta_dim, warp_packed_torch
+from mtpeft_bench.model.branching import StreamLayer
 
 
 SHARED = None  # the variant key of the shared transform; task variants are keyed by task name

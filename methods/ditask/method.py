@@ -23,9 +23,10 @@ from typing import Any
 
 from torch import nn
 
-from mtpeft_bench.encoder import MultiTaskSwinEncoder
-from mtpeft_bench.methods.base import Method, MethodConfig, freeze, set_extras_trainable
+from mtpeft_bench.methods.base import Method, MethodConfig, freeze
 from mtpeft_bench.methods.ditask.adapter import DiTASKBank, DiTASKLinear, DiTASKStream
+from mtpeft_bench.model.encoder import MultiTaskSwinEncoder
+from mtpeft_bench.model.params import set_extras_trainable
 from mtpeft_bench.registry import register_method
 
 

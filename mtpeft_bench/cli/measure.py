@@ -27,9 +27,9 @@ def params(method, dataset, as_json, **options):
     from tabulate import tabulate
 
     cfg = resolve_config(dataset, options, method=method)
-    from mtpeft_bench.backbone import create_backbone
+    from mtpeft_bench.model.backbone import create_backbone
     from mtpeft_bench.measure import parameter_groups, parameter_summary
-    from mtpeft_bench.model import build_model, task_outputs_of
+    from mtpeft_bench.model.multitask import build_model, task_outputs_of
     from mtpeft_bench.runner import prepare
 
     resolved = prepare(cfg)

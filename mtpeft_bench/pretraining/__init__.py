@@ -4,7 +4,7 @@ Objective, on the procedural corpus of :mod:`mtpeft_bench.pretraining.corpus` (d
 ``synth``), none of whose targets is one of the benchmark's tasks:
 
 - **Albedo** (intrinsic-image decomposition): the benchmark's own decoder head
-  (:class:`~mtpeft_bench.heads.HRNetHead`) on the encoder's four features predicts the surfaces'
+  (:class:`~mtpeft_bench.model.heads.HRNetHead`) on the encoder's four features predicts the surfaces'
   colours without shading and shadows (L1, all pixels, normalised like the input); telling
   texture from light needs surface orientation and occlusion, which the dense tasks use too.
 - **Scene properties**: a linear head on the average-pooled last stage predicts which primitive
@@ -31,7 +31,7 @@ written atomically every ``checkpoint_every`` steps).
 Modules (each depends only on those above it, and on the core package):
 
 - :mod:`~mtpeft_bench.pretraining.weights`: the shipped weights and their model card (``--weights
-  builtin``; :mod:`mtpeft_bench.backbone` asks it for a verified file, it imports nothing of the rest);
+  builtin``; :mod:`mtpeft_bench.model.backbone` asks it for a verified file, it imports nothing of the rest);
 - :mod:`~mtpeft_bench.pretraining.corpus`: the procedural outdoor corpus (drawn with the ``synth`` renderer);
 - :mod:`~mtpeft_bench.pretraining.config`: :class:`~mtpeft_bench.pretraining.config.PretrainConfig`;
 - :mod:`~mtpeft_bench.pretraining.model`: the backbone with the pretraining heads;

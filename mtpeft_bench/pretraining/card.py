@@ -159,7 +159,7 @@ def spectra(name: str, image_size: tuple[int, int]) -> list[dict[str, Any]]:
     """Normalised singular values (σ_i / σ_1) of every block linear, for the built-in and random weights."""
     import torch
 
-    from mtpeft_bench.backbone import create_backbone
+    from mtpeft_bench.model.backbone import create_backbone
 
     rows = []
     for source in ("builtin", "none"):

@@ -8,7 +8,7 @@ does, rather than on a random initialisation. The files live in ``mtpeft_bench/w
 each file with its SHA-256, its pretraining configuration, command and first losses.
 
 This module is a registry of files: it finds and verifies them and says where they came from.
-Loading the tensors into a model is :func:`mtpeft_bench.backbone.create_backbone`'s job, which
+Loading the tensors into a model is :func:`mtpeft_bench.model.backbone.create_backbone`'s job, which
 asks this module for the file; nothing here imports the backbone or torch.
 """
 

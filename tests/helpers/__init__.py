@@ -36,7 +36,7 @@ def load_example_plugin():
 
 
 def micro_backbone(img_size=(64, 64), weights="none", drop_path=0.0):
-    from mtpeft_bench.backbone import create_backbone
+    from mtpeft_bench.model.backbone import create_backbone
 
     backbone, _ = create_backbone("swin_micro", img_size, weights, drop_path)
     return backbone

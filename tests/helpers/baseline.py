@@ -9,7 +9,7 @@ import functools
 import torch
 
 from mtpeft_bench.measure import parameter_groups, parameter_summary
-from mtpeft_bench.model import build_model, task_outputs_of
+from mtpeft_bench.model.multitask import build_model, task_outputs_of
 from mtpeft_bench.registry import get_dataset, get_method
 from mtpeft_bench.tasks.base import config_from_mapping
 
@@ -27,7 +27,7 @@ DECODER = 1_946_624
 
 @functools.lru_cache(maxsize=1)
 def _swin_t_448():
-    from mtpeft_bench.backbone import create_backbone
+    from mtpeft_bench.model.backbone import create_backbone
 
     torch.manual_seed(0)
     backbone, _ = create_backbone("swin_tiny_patch4_window7_224", (448, 448), "none", 0.0)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mtpeft_bench.encoder import MultiTaskSwinEncoder
+from mtpeft_bench.model.encoder import MultiTaskSwinEncoder
 from mtpeft_bench.methods.base import Method, MethodConfig, freeze
 
 

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from mtpeft_bench.heads import HRNetHead
+from mtpeft_bench.model.heads import HRNetHead
 
 
 class MultiTaskModel(nn.Module):

@@ -4,7 +4,7 @@
 NCHW: the outputs of stages 1-3 after the following PatchMerging (which timm keeps at the start of
 the next stage), and the output of stage 4 — (192, 56²), (384, 28²), (768, 14²), (768, 14²) for
 Swin-T at 448 px. Shared-feature methods give every task the same tensors. With a stream factory
-the last block of each stage becomes a :class:`~mtpeft_bench.branching.TaskBranchingBlock`; its
+the last block of each stage becomes a :class:`~mtpeft_bench.model.branching.TaskBranchingBlock`; its
 task streams pass through the next stage's (shared) PatchMerging to become that stage's task
 features, while only the shared stream continues into the next stage (as in MTLoRA and DiTASK).
 """
@@ -16,8 +16,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from mtpeft_bench.backbone import feature_channels
-from mtpeft_bench.branching import StreamLayer, TaskBranchingBlock
+from mtpeft_bench.model.backbone import feature_channels
+from mtpeft_bench.model.branching import StreamLayer, TaskBranchingBlock
 
 
 #: ``factory(stage_index, role, linear) -> StreamLayer`` for the last block of each stage.
@@ -28,7 +28,7 @@ class MultiTaskSwinEncoder(nn.Module):
     """Swin backbone → ``{task: [4 × (B, C_i, H_i, W_i)]}``.
 
     Args:
-        backbone: a timm ``SwinTransformer`` from :func:`mtpeft_bench.backbone.create_backbone`
+        backbone: a timm ``SwinTransformer`` from :func:`mtpeft_bench.model.backbone.create_backbone`
             (the method may already have injected its layers).
         tasks: task names.
         stream_factory: if given, called as ``stream_factory(stage, role, linear)`` for role in
