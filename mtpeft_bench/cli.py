@@ -34,11 +34,10 @@ def _split_tasks(value: str | None) -> tuple[str, ...] | None:
 
 
 def _resolve_cfg(dataset: str, preset: str | None, options: dict[str, Any], sets: tuple[str, ...]):
-    from mtpeft_bench.config import parse_sets, resolve
-    from mtpeft_bench.registry import get_dataset
+    from mtpeft_bench.config import parse_sets
+    from mtpeft_bench.runs.setup import resolve_config
 
-    default_preset = getattr(get_dataset(dataset), "default_preset", "paper")
-    return resolve(preset, {"dataset": dataset, **options}, parse_sets(sets), default_preset=default_preset)
+    return resolve_config(preset, {"dataset": dataset, **options}, parse_sets(sets))
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -97,11 +96,13 @@ def run(method, dataset, tasks, preset, backbone, weights, sets, seed, epochs, b
                    epochs=epochs, batch_size=batch_size, data_root=data_root, out=out, device=device, tag=tag,
                    progress=False if no_progress else None)
     cfg = _resolve_cfg(dataset, preset, options, sets)
-    from mtpeft_bench.failures import RunFailed
-    from mtpeft_bench.runner import run as run_one
+    from mtpeft_bench.runs.pipeline import run as run_one
+    from mtpeft_bench.runs.summary import log_to_stderr, print_summary
+    from mtpeft_bench.train.failures import RunFailed
 
+    log_to_stderr()
     try:
-        run_one(cfg, resume=True if resume == "latest" else resume)
+        print_summary(run_one(cfg, resume=True if resume == "latest" else resume))
     except RunFailed as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -120,7 +121,7 @@ def params(method, dataset, tasks, preset, backbone, weights, sets, as_json):
     from mtpeft_bench.backbone import create_backbone
     from mtpeft_bench.measure import parameter_groups, parameter_summary
     from mtpeft_bench.model import build_model, task_outputs_of
-    from mtpeft_bench.runner import prepare
+    from mtpeft_bench.runs.setup import prepare
 
     resolved = prepare(cfg)
     backbone_model, _ = create_backbone(cfg.backbone, resolved.image_size, "none", cfg.drop_path)

@@ -85,13 +85,13 @@ Examples:
 def bench(method, baseline, dataset, tasks, backbone, image_size, batch_size, steps, warmup, device, amp, sets,
           as_json):
     """Time one method's training step and inference beside `full`, printed as ratios."""
-    from mtpeft_bench.config import _coerce, parse_sets, parse_value
+    from mtpeft_bench.config import coerce_value, parse_sets, parse_value
 
     overrides = parse_sets(sets)
     bad = [k for k in overrides if not k.startswith("method.")]
     if bad:
         raise UserError(f"bench takes only method.<key>=<value> settings, not {', '.join(bad)}")
-    size = _coerce("image_size", parse_value(image_size), "")
+    size = coerce_value("image_size", parse_value(image_size), "")
     if min(size) < 32:
         raise UserError(f"--image-size must be at least 32 px per side, got {image_size}")
     for name, value, low in (("--batch-size", batch_size, 1), ("--steps", steps, 1), ("--warmup", warmup, 0)):

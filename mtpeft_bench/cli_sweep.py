@@ -46,7 +46,8 @@ def sweep(methods, datasets, seeds, tasks, preset, backbone, weights, epochs, ba
     re-issue one after a preemption).
     """
     from mtpeft_bench.config import parse_sets
-    from mtpeft_bench.sweep import classify, expand, parse_list, parse_seeds, run_grid, torchrun_command
+    from mtpeft_bench.runs.summary import log_to_stderr, print_summary
+    from mtpeft_bench.runs.sweep import classify, expand, parse_list, parse_seeds, run_grid, torchrun_command
 
     if nproc_per_node < 1 or nnodes < 1:
         raise UserError("--nproc-per-node and --nnodes must be at least 1")
@@ -57,7 +58,7 @@ def sweep(methods, datasets, seeds, tasks, preset, backbone, weights, epochs, ba
     options = dict(tasks=tasks_tuple, backbone=backbone, weights=weights, epochs=epochs, batch_size=batch_size,
                    data_root=data_root, out=out, device=device, tag=tag, progress=False if no_progress else None)
     parsed_sets = parse_sets(sets)
-    from mtpeft_bench.distributed import env_world_size
+    from mtpeft_bench.train.distributed import env_world_size
 
     world = nproc_per_node * nnodes if print_commands else env_world_size()
     points = expand(parse_list(datasets, "datasets"), parse_list(methods, "methods"), parse_seeds(seeds), preset,
@@ -89,7 +90,8 @@ def sweep(methods, datasets, seeds, tasks, preset, backbone, weights, epochs, ba
                 click.echo(torchrun_command(point, run_args, nproc_per_node, nnodes))
         return
 
-    result = run_grid(points, echo)
+    log_to_stderr()
+    result = run_grid(points, echo, show=print_summary)
     echo(f"sweep: {len(result.completed)} completed, {len(result.skipped)} skipped, {len(result.failed)} failed")
     if result.failed:
         names = ", ".join(name for name, _ in result.failed)

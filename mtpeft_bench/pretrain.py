@@ -92,7 +92,7 @@ class PretrainConfig:
         steps: optimizer steps.
         batch_size: images per step.
         lr, min_lr, warmup_steps: AdamW peak LR, cosine floor, linear warm-up from ``lr / 100``
-            (the benchmark's schedule, :func:`mtpeft_bench.engine.make_optimizer`, stepped per step).
+            (the benchmark's schedule, :func:`mtpeft_bench.train.make_optimizer`, stepped per step).
         weight_decay, clip_grad: as in the benchmark's recipe (0.05, 5).
         mask_ratio, mask_patch: share and size (px) of the masked squares (SimMIM: 0.6); 0 turns
             masked-image modelling off (the default: see the module docstring).
@@ -471,7 +471,7 @@ def pretrain(cfg: PretrainConfig, out: Path, *, progress: bool = True, checkpoin
     """
     from tqdm.auto import tqdm
 
-    from mtpeft_bench.engine import Schedule, make_optimizer
+    from mtpeft_bench.train import Schedule, make_optimizer
     from mtpeft_bench.results import write_json_atomic
     from mtpeft_bench.tasks.pretrain_corpus import CorpusConfig, load_corpus
 
