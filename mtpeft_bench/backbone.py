@@ -11,6 +11,8 @@ Weights (``--weights``):
 - ``timm``: the pretrained weights of the timm model name from the Hugging Face hub
   (``swin_tiny_patch4_window7_224`` is the ImageNet-1k checkpoint; append a tag such as
   ``.ms_in22k`` to the backbone name for another);
+- ``builtin``: the small backbones mtbench pretrained itself; :mod:`mtpeft_bench.pretraining.weights`
+  finds the shipped file and checks it against the model card, this module loads it;
 - a path to ``.safetensors``, ``.pth`` or ``.pt``: a timm state dict or an original Microsoft
   Swin checkpoint (``{"model": ...}``), converted by :func:`convert_swin_state` (timm's own
   resampling helpers). Pickles are loaded with ``weights_only=True``.
@@ -18,7 +20,6 @@ Weights (``--weights``):
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from mtpeft_bench.digest import sha256_of
 from mtpeft_bench.errors import UserError
+from mtpeft_bench.pretraining import weights as builtin_weights
 
 
 # Small Swin configurations for CPU runs; none of them has hub weights (mtbench ships its own: --weights builtin).
@@ -43,14 +46,6 @@ BACKBONE_ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 WEIGHT_KINDS = ("none", "timm", "builtin")
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _timm_swin(name: str, img_size: tuple[int, int], drop_path_rate: float, pretrained: bool) -> nn.Module:
@@ -169,6 +164,27 @@ def _load_file_weights(model: nn.Module, path: Path) -> None:
     model.load_state_dict(state, strict=True)
 
 
+def _load_builtin_weights(model: nn.Module, path: Path, name: str) -> None:
+    """Load the shipped weights of backbone ``name`` (float16 on disk) into ``model`` as float32.
+
+    The tensors go through :func:`convert_swin_state`, which resizes the relative-position bias
+    tables when the image size clamps the windows differently from the pretraining size.
+
+    Raises:
+        UserError: the model does not fit the weights.
+    """
+    from safetensors.torch import load_file
+
+    state = {k: v.to(torch.float32) for k, v in load_file(str(path)).items()}
+    state = convert_swin_state(state, model)
+    result = model.load_state_dict(state, strict=False)
+    # The shipped file holds the encoder only: the final norm and classifier are never used.
+    missing = [k for k in result.missing_keys if not k.startswith(("norm.", "head."))]
+    if missing or result.unexpected_keys:
+        raise UserError(f"the built-in weights of '{name}' do not fit this model "
+                        f"({len(missing)} missing, {len(result.unexpected_keys)} unexpected keys)")
+
+
 def create_backbone(name: str, img_size: tuple[int, int], weights: str = "none",
                     drop_path_rate: float = 0.0) -> tuple[nn.Module, dict[str, Any]]:
     """Create the timm Swin backbone and load its weights.
@@ -206,13 +222,9 @@ def create_backbone(name: str, img_size: tuple[int, int], weights: str = "none",
         model = _timm_swin(name, img_size, drop_path_rate, pretrained=False)
         provenance = {"source": "none", "id": None, "note": "random initialisation (timm's init)"}
     elif weights == "builtin":
-        try:
-            from mtpeft_bench import builtin_weights
-        except ImportError:
-            raise UserError("this version of mtbench ships no built-in weights; use --weights none, timm "
-                            "or a checkpoint path") from None
         model = _timm_swin(name, img_size, drop_path_rate, pretrained=False)
-        provenance = builtin_weights.load_into(model, name)
+        path, provenance = builtin_weights.verified_file(name)
+        _load_builtin_weights(model, path, name)
     else:
         path = Path(os.path.expanduser(weights))
         if not path.exists():

@@ -103,7 +103,7 @@ class PascalMTDataset(DatasetPlugin):
               train: bool) -> Any:
         from mtpeft_bench.tasks.nyud_layout import LayoutDataset
         from mtpeft_bench.tasks.pascal_layout import person_ids
-        from mtpeft_bench.tasks.synth import default_cache_root
+        from mtpeft_bench.tasks.synth.cache import default_cache_root
 
         if split not in self.splits:
             raise UserError(f"dataset 'pascal_mt' has no split {split!r}; use one of {', '.join(self.splits)}")

@@ -1,16 +1,21 @@
-"""Shared fixtures: offline hub, a private cache for generated data, the micro Swin, the example plugin."""
+"""Shared fixtures: offline hub, a private cache for generated data, the example plugin, one torch thread,
+seeded edge matching.
+
+Plain helper functions and classes live in ``helpers/`` (imported as ``from helpers import ...``),
+not here: test modules never import ``conftest``.
+"""
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
+from helpers import load_example_plugin
+from helpers.edges import seed_bsds_matching
 
-REPO = Path(__file__).resolve().parent.parent
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub on test machines; fail fast instead of retrying
 
 
@@ -26,37 +31,9 @@ def _isolated_env(monkeypatch, cache_dir):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
-def load_example_plugin():
-    """Import examples/task_proj.py (the README's plugin example) once; it registers `task_proj`."""
-    name = "mtbench_example_task_proj"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "examples" / "task_proj.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
 @pytest.fixture(scope="session")
 def example_plugin():
     return load_example_plugin()
-
-
-def micro_backbone(img_size=(64, 64), weights="none", drop_path=0.0):
-    from mtpeft_bench.backbone import create_backbone
-
-    backbone, _ = create_backbone("swin_micro", img_size, weights, drop_path)
-    return backbone
-
-
-def run_cli(args, capsys):
-    """Run ``mtbench ARGS`` in-process: (exit code, stdout, stderr)."""
-    from mtpeft_bench.cli import main
-
-    with pytest.raises(SystemExit) as info:
-        main(list(args))
-    out, err = capsys.readouterr()
-    return info.value.code, out, err
 
 
 @pytest.fixture
@@ -71,15 +48,21 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-class PicklePayload:
-    """A pickle that, if ever unpickled, records it (``executed``): loaders must never unpickle."""
-
-    executed = False
-
-    def __reduce__(self):
-        return (_mark_payload_executed, ())
+@pytest.fixture
+def seeded_bsds_matching(monkeypatch):
+    """odsF matching in this process with fixed outlier draws (see helpers/edges.py)."""
+    monkeypatch.delenv("MTBENCH_EDGE_WORKERS", raising=False)
+    seed_bsds_matching(1)
 
 
-def _mark_payload_executed():
-    PicklePayload.executed = True
-    return {}
+@pytest.fixture
+def lowrank_method():
+    """Register ``lowrank_fc2`` (helpers/lowrank.py) for one test only (and remove only it afterwards:
+    plugins imported during the test stay registered, as their modules stay imported)."""
+    from helpers.lowrank import LowRankFc2
+    from mtpeft_bench.registry import method_registry
+
+    method_registry.register("lowrank_fc2")(LowRankFc2)
+    yield LowRankFc2
+    method_registry._classes.pop("lowrank_fc2", None)
+    method_registry._runtime.pop("lowrank_fc2", None)

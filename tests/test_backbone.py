@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 
 from mtpeft_bench.backbone import create_backbone, feature_channels
 from mtpeft_bench.errors import UserError
-from conftest import PicklePayload
+from helpers import PicklePayload
 
 
 def _random_weights():

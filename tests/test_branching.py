@@ -9,8 +9,8 @@ import torch
 
 from mtpeft_bench.branching import SharedStream, TaskBranchingBlock
 from mtpeft_bench.encoder import MultiTaskSwinEncoder
-from baseline_helpers import reference_features
-from conftest import micro_backbone
+from helpers import micro_backbone
+from helpers.baseline import reference_features
 
 
 TASKS = ("a", "b", "c")

@@ -12,10 +12,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from mtpeft_bench import builtin_weights
-from mtpeft_bench.backbone import create_backbone, sha256_of
+from mtpeft_bench.backbone import create_backbone
 from mtpeft_bench.config import resolve
+from mtpeft_bench.digest import sha256_of
 from mtpeft_bench.errors import UserError
+from mtpeft_bench.pretraining import weights as builtin_weights
 
 
 SHIPPED = ("swin_micro", "swin_mini")
@@ -93,7 +94,9 @@ def test_presets_use_builtin_weights_offline():
 def test_card_command_reproduces_first_losses(name, tmp_path):
     """The card's configuration, run again for a few steps, gives the card's first losses (renders
     the 4,000-image corpus first: minutes)."""
-    from mtpeft_bench.pretrain import PretrainConfig, compare_first_losses, pretrain
+    from mtpeft_bench.pretraining.card import compare_first_losses
+    from mtpeft_bench.pretraining.config import PretrainConfig
+    from mtpeft_bench.pretraining.loop import pretrain
 
     entry = builtin_weights.card()["models"][name]
     cfg = PretrainConfig(**{**entry["pretrain_config"], "steps": 5})
@@ -103,7 +106,7 @@ def test_card_command_reproduces_first_losses(name, tmp_path):
 
 
 def test_first_loss_comparison_can_fail():
-    from mtpeft_bench.pretrain import compare_first_losses
+    from mtpeft_bench.pretraining.card import compare_first_losses
 
     history = [{"loss": 1.0}, {"loss": 0.9}]
     assert compare_first_losses(history, [1.0, 0.9, 0.8])["match"]

@@ -13,7 +13,7 @@ import json
 import pytest
 import torch
 
-from conftest import load_example_plugin, micro_backbone
+from helpers import load_example_plugin, micro_backbone
 from mtpeft_bench.train import Schedule, Trainer
 from mtpeft_bench.measure import parameter_groups, parameter_summary
 from mtpeft_bench.model import build_model, task_outputs_of

@@ -397,7 +397,7 @@ def test_torchrun_ctrl_c_then_resume_equals_uninterrupted(tmp_path):
 
 
 def _methods():
-    from conftest import load_example_plugin
+    from helpers import load_example_plugin
     from mtpeft_bench.registry import method_registry
 
     load_example_plugin()

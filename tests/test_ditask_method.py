@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import micro_backbone
+from helpers import micro_backbone
 from mtpeft_bench.encoder import MultiTaskSwinEncoder
 from mtpeft_bench.errors import UserError
 from mtpeft_bench.measure import parameter_groups

@@ -93,7 +93,7 @@ def test_kernel_refuses_spectra_that_need_a_gradient(kernels):
 
 @pytest.mark.slow  # about 30 s in the interpreter (54 warps of the micro Swin, forward and backward)
 def test_method_with_the_kernel_matches_the_reference(kernels):
-    from conftest import micro_backbone
+    from helpers import micro_backbone
     from mtpeft_bench.registry import get_method
     from mtpeft_bench.tasks.base import config_from_mapping
 
@@ -148,7 +148,7 @@ def test_kernel_on_swin_t_sized_pack_matches_reference(kernels):
 def test_method_picks_the_kernel_on_cuda():
     if not CUDA:
         pytest.skip("needs CUDA")
-    from conftest import micro_backbone
+    from helpers import micro_backbone
     from mtpeft_bench.registry import get_method
 
     cls = get_method("ditask")

@@ -11,7 +11,7 @@ import signal
 import pytest
 import torch
 
-from conftest import run_cli
+from helpers import run_cli
 from mtpeft_bench.train import Trainer
 
 

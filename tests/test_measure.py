@@ -7,7 +7,7 @@ import time
 import torch
 from torch import nn
 
-from conftest import micro_backbone
+from helpers import micro_backbone
 from mtpeft_bench.measure import Throughput, count_flops, profile_inference, time_forwards
 from mtpeft_bench.model import build_model, task_outputs_of
 from mtpeft_bench.registry import get_dataset, get_method

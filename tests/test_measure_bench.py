@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
 from mtpeft_bench.bench import format_bench
 from mtpeft_bench.cli import main
-from test_measure_merge import lowrank_method  # noqa: F401  (fixture: registers lowrank_fc2 for one test)
 
 
 SMALL = ["--steps", "2", "--warmup", "1", "--batch-size", "2", "--tasks", "semseg"]
@@ -21,7 +21,7 @@ def bench(capsys, *args):
     return info.value.code, out, err
 
 
-def test_bench_json_and_table(capsys, lowrank_method):  # noqa: F811
+def test_bench_json_and_table(capsys, lowrank_method):
     code, out, err = bench(capsys, "--method", "lowrank_fc2", *SMALL, "--json")
     assert code == 0, err
     result = json.loads(out)
@@ -42,8 +42,9 @@ def test_bench_json_and_table(capsys, lowrank_method):  # noqa: F811
     assert models["full"]["peak_train_memory_mb"] is None  # CPU: not split per model
 
     table = format_bench(result)
-    header = table.splitlines()[1].split()
-    assert header[-4:] == ["lowrank_fc2", "/", "full", "lowrank_fc2"] or "lowrank_fc2 / full" in table
+    header = re.split(r"\s{2,}", table.splitlines()[1].strip())  # columns are 2+ spaces apart
+    assert header == ["measure", "lowrank_fc2", "full", "lowrank_fc2 (merged)", "lowrank_fc2 / full",
+                      "lowrank_fc2 (merged) / full"]
     assert "lowrank_fc2 (merged) / full" in table and "training step (ms, median) ↓" in table
     flops_line = next(line for line in table.splitlines() if line.startswith("forward GFLOPs per image"))
     assert flops_line.split()[-1] == "1.00x"  # merged: exactly the backbone's forward again

@@ -1,88 +1,24 @@
-"""The optional ``merge_for_inference`` encoder capability, exercised with a test-local method.
+"""The optional ``merge_for_inference`` encoder capability, exercised with a test method.
 
-``lowrank_fc2`` adds a rank-2 term ``s·B·A`` to every block's ``mlp.fc2`` (LoRA-style, but with B
-initialised non-zero so that merging has something to fold) and can merge it into the frozen
-weight. The runner must measure both forms without asking which method it runs.
+``lowrank_fc2`` (helpers/lowrank.py) adds a rank-2 term ``s·B·A`` to every block's ``mlp.fc2``
+(LoRA-style, but with B initialised non-zero so that merging has something to fold) and can merge
+it into the frozen weight. The runner must measure both forms without asking which method it runs.
 """
 
 from __future__ import annotations
 
-import copy
 import json
-from dataclasses import dataclass
 
 import pytest
 import torch
 from torch import nn
 
-from conftest import micro_backbone
+from helpers import micro_backbone
+from helpers.lowrank import LowRankFc2, LowRankLinear
 from mtpeft_bench.cli import main
-from mtpeft_bench.encoder import MultiTaskSwinEncoder
 from mtpeft_bench.measure import count_flops, merged_model, profile_inference
-from mtpeft_bench.methods.base import Method, MethodConfig, freeze
 from mtpeft_bench.model import build_model, task_outputs_of
-from mtpeft_bench.registry import get_dataset, method_registry
-
-
-RANK = 2
-
-
-class LowRankLinear(nn.Module):
-    """``y = W x + b + s · B (A x)`` with frozen W, b and trainable A (r×in), B (out×r)."""
-
-    def __init__(self, base: nn.Linear, rank: int = RANK, scale: float = 0.5):
-        super().__init__()
-        self.base, self.scale = base, scale
-        generator = torch.Generator().manual_seed(base.in_features)
-        self.A = nn.Parameter(torch.randn(rank, base.in_features, generator=generator) * 0.1)
-        self.B = nn.Parameter(torch.randn(base.out_features, rank, generator=generator) * 0.1)
-
-    def forward(self, x):
-        return self.base(x) + self.scale * (x @ self.A.t()) @ self.B.t()
-
-    def merged(self) -> nn.Linear:
-        linear = copy.deepcopy(self.base)
-        with torch.no_grad():
-            linear.weight += self.scale * self.B @ self.A
-        return linear
-
-
-class MergeableEncoder(MultiTaskSwinEncoder):
-    def merge_for_inference(self) -> nn.Module:
-        merged = copy.deepcopy(self)
-        for module in list(merged.modules()):
-            for name, child in list(module.named_children()):
-                if isinstance(child, LowRankLinear):
-                    setattr(module, name, child.merged())
-        return merged
-
-
-@dataclass(frozen=True)
-class LowRankConfig(MethodConfig):
-    """No options."""
-
-
-class LowRankFc2(Method):
-    """Frozen backbone, a rank-2 update on every fc2 that can be merged for inference."""
-
-    Config = LowRankConfig
-
-    def build(self, backbone, tasks, cfg):
-        freeze(backbone)
-        for stage in backbone.layers:
-            for block in stage.blocks:
-                block.mlp.fc2 = LowRankLinear(block.mlp.fc2)
-        return MergeableEncoder(backbone, tasks)
-
-
-@pytest.fixture
-def lowrank_method():
-    """Register ``lowrank_fc2`` for one test only (and remove only it afterwards: plugins imported
-    during the test stay registered, as their modules stay imported)."""
-    method_registry.register("lowrank_fc2")(LowRankFc2)
-    yield LowRankFc2
-    method_registry._classes.pop("lowrank_fc2", None)
-    method_registry._runtime.pop("lowrank_fc2", None)
+from mtpeft_bench.registry import get_dataset
 
 
 def build(method_cls, tasks=("semseg", "depth")):

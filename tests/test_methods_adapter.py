@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from baseline_helpers import EXTRAS, SUM_BC, SWIN_T_BLOCKS, reference_features, swin_t_model, trainable
-from conftest import micro_backbone
+from helpers import micro_backbone
+from helpers.baseline import EXTRAS, SUM_BC, SWIN_T_BLOCKS, reference_features, swin_t_model, trainable
 from mtpeft_bench.errors import UserError
 from mtpeft_bench.registry import get_method
 from mtpeft_bench.tasks.base import config_from_mapping

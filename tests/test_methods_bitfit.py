@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from baseline_helpers import DECODER, SUM_BC, SWIN_T_C, swin_t_model, trainable
-from conftest import micro_backbone
+from helpers import micro_backbone
+from helpers.baseline import DECODER, SUM_BC, SWIN_T_C, swin_t_model, trainable
 from mtpeft_bench.errors import UserError
 from mtpeft_bench.registry import get_method
 from mtpeft_bench.tasks.base import config_from_mapping

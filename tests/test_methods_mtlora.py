@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from baseline_helpers import (
+from helpers import micro_backbone
+from helpers.baseline import (
     DECODER, EXTRAS, PASCAL_TASKS, REDUCTIONS, SUM_BC, SWIN_T_C, reference_features, swin_t_model, trainable,
 )
-from conftest import micro_backbone
 from mtpeft_bench.branching import TaskBranchingBlock
 from mtpeft_bench.errors import UserError
 from mtpeft_bench.registry import get_method

@@ -7,8 +7,8 @@ import re
 import pytest
 import torch
 
-from baseline_helpers import SUM_BC, swin_t_model, trainable
-from conftest import micro_backbone
+from helpers import micro_backbone
+from helpers.baseline import SUM_BC, swin_t_model, trainable
 from mtpeft_bench.train import Schedule, Trainer
 from mtpeft_bench.errors import UserError
 from mtpeft_bench.model import build_model, task_outputs_of

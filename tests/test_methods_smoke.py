@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import run_cli
+from helpers import run_cli
 
 
 TINY = ["--preset", "smoke", "--tasks", "semseg,depth", "--set", "data.num_train=24", "--set", "data.num_val=6",

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
+from helpers.datasets import to_atrc_packaging
 from mtpeft_bench.errors import UserError
 from mtpeft_bench.registry import get_dataset
 from mtpeft_bench.tasks.miniature import write_nyud
@@ -20,26 +20,11 @@ def nyud_root(tmp_path) -> Path:
     return write_nyud(tmp_path / "data" / "NYUD_MT")
 
 
-def _atrc(root: Path) -> Path:
-    """Turn a miniature NYUD_MT folder into the ATRC packaging: PNG images, edge and normals PNGs."""
-    for jpg in sorted((root / "images").glob("*.jpg")):
-        Image.open(jpg).save(jpg.with_suffix(".png"))
-        jpg.unlink()
-    for npy in sorted((root / "edge").glob("*.npy")):
-        Image.fromarray((np.load(npy) * 255).astype(np.uint8)).save(npy.with_suffix(".png"))
-        npy.unlink()
-    for npy in sorted((root / "normals").glob("*.npy")):
-        n = np.load(npy)
-        Image.fromarray(np.round((n + 1) / 2 * 255).astype(np.uint8)).save(npy.with_suffix(".png"))
-        npy.unlink()
-    return root
-
-
 def test_atrc_package_is_a_separate_dataset(nyud_root):
     nyud, atrc = get_dataset("nyud")(), get_dataset("nyud_atrc")()
     with pytest.raises(UserError, match="use --dataset nyud$"):
         atrc.resolve_root(nyud_root)
-    _atrc(nyud_root)
+    to_atrc_packaging(nyud_root)
     with pytest.raises(UserError, match="ATRC/InvPT NYUDv2 package.*use --dataset nyud_atrc"):
         nyud.resolve_root(nyud_root)
     ds = atrc.build("val", atrc.task_specs(), (24, 32), nyud_root, train=False)

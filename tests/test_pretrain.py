@@ -11,9 +11,14 @@ import torch
 
 from mtpeft_bench.cli import main
 from mtpeft_bench.errors import UserError
-from mtpeft_bench.pretrain import PretrainConfig, PretrainModel, pretrain, pretrain_losses
-from mtpeft_bench.tasks import pretrain_corpus as corpus
-from mtpeft_bench.tasks import synth
+from mtpeft_bench.pretraining import corpus
+from mtpeft_bench.pretraining.config import PretrainConfig
+from mtpeft_bench.pretraining.losses import pretrain_losses
+from mtpeft_bench.pretraining.loop import pretrain
+from mtpeft_bench.pretraining.model import PretrainModel
+from mtpeft_bench.tasks.synth.render import render_scene
+from mtpeft_bench.tasks.synth.sampling import sample_rng, sample_scene
+from mtpeft_bench.tasks.synth.scene import PRIMITIVE_KINDS
 
 
 TINY = dict(config="micro", steps=4, batch_size=4, corpus_images=8, warmup_steps=2)
@@ -39,8 +44,8 @@ def test_corpus_is_not_synth():
     images = corpus.generate_corpus(config, progress=False, workers=1)["images"].astype(np.int16)
     for split in ("train", "val"):
         for i in range(4):
-            scene = synth.sample_scene(synth.sample_rng(0, split, i))
-            rendered = np.round(synth.render_scene(scene, 24, 32)["image"] * 255).astype(np.int16)
+            scene = sample_scene(sample_rng(0, split, i))
+            rendered = np.round(render_scene(scene, 24, 32)["image"] * 255).astype(np.int16)
             assert all(np.abs(rendered - img).mean() > 5 for img in images)
     # the corpus has no room: its walls are 40 m away, synth's at most 4 m
     scene, _ = corpus.sample_corpus_scene(corpus.corpus_rng(0, 0))
@@ -51,7 +56,7 @@ def test_corpus_labels_describe_the_scene():
     for index in range(6):
         scene, labels = corpus.sample_corpus_scene(corpus.corpus_rng(3, index))
         kinds = {p.kind for p in scene.primitives}
-        assert labels["kinds"] == [int(k in kinds) for k in synth.PRIMITIVE_KINDS]
+        assert labels["kinds"] == [int(k in kinds) for k in PRIMITIVE_KINDS]
         assert 1 <= sum(labels["families"]) <= labels["count"] <= corpus.MAX_OBJECTS
         assert len(scene.primitives) >= labels["count"]
         assert 0 <= labels["palette"] < len(corpus.PALETTES) and 0 <= labels["sun"] < corpus.SUN_BINS
@@ -108,7 +113,7 @@ def test_mask_token_replaces_masked_patches_only():
 def test_batches_replay_by_step():
     cfg = PretrainConfig(**{**TINY, "mask_ratio": 0.5})
     arrays = corpus.load_corpus(corpus.CorpusConfig(num_images=cfg.corpus_images), progress=False)
-    from mtpeft_bench.pretrain import CorpusBatches
+    from mtpeft_bench.pretraining.batches import CorpusBatches
 
     data = CorpusBatches(arrays, cfg)
     first, again, other = data.batch(3), data.batch(3), data.batch(4)
@@ -182,7 +187,7 @@ def test_bad_pretrain_input_is_one_line(args, message, capsys, tmp_path, monkeyp
 def test_shading_target_is_image_over_albedo():
     """Synthetic arrays: an image half as bright as its albedo in linear light has shading 0.5; a
     black albedo gives 0; without shading_weight the target has the three albedo channels only."""
-    from mtpeft_bench.pretrain import CorpusBatches
+    from mtpeft_bench.pretraining.batches import CorpusBatches
 
     n = 4
     albedo = np.full((n, 96, 128, 3), 200, np.uint8)
@@ -224,7 +229,7 @@ def test_geometry_maps_describe_the_scene():
 def test_grouping_loss_rewards_separated_objects():
     """Embeddings that give each object its own direction score lower than random ones; cells that
     mix several objects are no anchors; a batch without any positive pair costs nothing."""
-    from mtpeft_bench.pretrain import grouping_loss
+    from mtpeft_bench.pretraining.losses import grouping_loss
 
     objects = torch.zeros(2, 1, 16, 16)
     objects[:, :, 8:] = 1

@@ -25,7 +25,7 @@ from mtpeft_bench.train.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from conftest import PicklePayload
+from helpers import PicklePayload
 
 
 def small_training_state(seed: int):

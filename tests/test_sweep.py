@@ -11,8 +11,8 @@ import signal
 import pytest
 import torch
 
-from conftest import run_cli
-from mtpeft_bench.runs.sweep import parse_seeds
+from helpers import run_cli
+from mtpeft_bench.cli.options import parse_seeds
 from mtpeft_bench.train import Trainer
 
 

@@ -12,7 +12,24 @@ from PIL import Image
 
 from mtpeft_bench.errors import UserError
 from mtpeft_bench.registry import get_dataset
-from mtpeft_bench.tasks import synth as S
+from mtpeft_bench.tasks.synth import cache as synth_cache
+from mtpeft_bench.tasks.synth.cache import MANIFEST, ensure_dataset, generate_dataset, generate_sample, write_sample
+from mtpeft_bench.tasks.synth.config import GENERATOR_VERSION, SynthConfig
+from mtpeft_bench.tasks.synth.geometry import camera_rotation
+from mtpeft_bench.tasks.synth.render import render_scene
+from mtpeft_bench.tasks.synth.scene import (
+    CLASS_NAMES,
+    CLASS_OF_KIND,
+    FLOOR,
+    HFOV_DEG,
+    PART_NAMES,
+    WALL,
+    Camera,
+    Light,
+    Primitive,
+    Room,
+    Scene,
+)
 from mtpeft_bench.tasks.base import config_from_mapping
 
 
@@ -23,7 +40,7 @@ SMALL = dict(num_train=8, num_val=4, height=48, width=64)
 def small_root(tmp_path_factory) -> Path:
     """A small generated dataset shared by the read-only tests of this module."""
     root = tmp_path_factory.mktemp("synth") / "data"
-    return S.ensure_dataset(root, S.SynthConfig(**SMALL), progress=False)
+    return ensure_dataset(root, SynthConfig(**SMALL), progress=False)
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -32,43 +49,43 @@ def _tree(root: Path) -> dict[str, bytes]:
 
 # -- analytic scenes ---------------------------------------------------------------------------
 
-ROOM = S.Room(width=4.0, depth=6.0, height=3.0)
+ROOM = Room(width=4.0, depth=6.0, height=3.0)
 H, W = 31, 41  # odd, so the centre pixel's ray is the optical axis
 
 
 def _focal() -> float:
-    return (W / 2) / math.tan(math.radians(S.HFOV_DEG) / 2)
+    return (W / 2) / math.tan(math.radians(HFOV_DEG) / 2)
 
 
-def _render(camera: S.Camera, *prims: S.Primitive) -> dict[str, np.ndarray]:
-    return S.render_scene(S.Scene(ROOM, camera, S.Light((0.0, 2.9, 0.0)), tuple(prims)), H, W)
+def _render(camera: Camera, *prims: Primitive) -> dict[str, np.ndarray]:
+    return render_scene(Scene(ROOM, camera, Light((0.0, 2.9, 0.0)), tuple(prims)), H, W)
 
 
 def test_empty_room_level_camera_matches_analytic_depth_and_normals():
-    out = _render(S.Camera((0.0, 1.5, 2.0)))
+    out = _render(Camera((0.0, 1.5, 2.0)))
     c = (H // 2, W // 2)
     # the optical axis meets the far wall (z = -3) 5 m ahead, head-on
     assert out["depth"][c] == pytest.approx(5.0, abs=1e-5)
     np.testing.assert_allclose(out["normals"][c], (0, 0, 1), atol=1e-6)
-    assert out["semseg"][c] == S.WALL and out["parts"][c] == 0 and out["sal"][c] == 0
+    assert out["semseg"][c] == WALL and out["parts"][c] == 0 and out["sal"][c] == 0
     # the bottom-centre ray drops 15 px / f per metre of depth and meets the floor 1.5 m below
     bottom = (H - 1, W // 2)
     assert out["depth"][bottom] == pytest.approx(1.5 * _focal() / 15.0, rel=1e-5)
     np.testing.assert_allclose(out["normals"][bottom], (0, 1, 0), atol=1e-6)
-    assert out["semseg"][bottom] == S.FLOOR
+    assert out["semseg"][bottom] == FLOOR
     assert not out["sal"].any() and not out["parts"].any()
 
 
 def test_pitched_and_turned_cameras_see_floor_and_walls_where_expected():
     pitch = math.radians(20)
-    out = _render(S.Camera((0.0, 1.5, 2.0), pitch=pitch))
+    out = _render(Camera((0.0, 1.5, 2.0), pitch=pitch))
     c = (H // 2, W // 2)
-    assert out["semseg"][c] == S.FLOOR
+    assert out["semseg"][c] == FLOOR
     assert out["depth"][c] == pytest.approx(1.5 / math.sin(pitch), rel=1e-5)
     # world up seen from a camera pitched down by a: (0, cos a, sin a)
     np.testing.assert_allclose(out["normals"][c], (0, math.cos(pitch), math.sin(pitch)), atol=1e-6)
 
-    turned = _render(S.Camera((0.0, 1.5, 2.0), yaw=math.radians(90)))  # looks along -x at the x = -2 wall
+    turned = _render(Camera((0.0, 1.5, 2.0), yaw=math.radians(90)))  # looks along -x at the x = -2 wall
     assert turned["depth"][c] == pytest.approx(2.0, rel=1e-5)
     np.testing.assert_allclose(turned["normals"][c], (0, 0, 1), atol=1e-6)
 
@@ -84,7 +101,7 @@ def _sphere_hit(o: np.ndarray, u: np.ndarray, c: np.ndarray, r: float) -> float 
 def test_single_sphere_depth_and_normals_match_analytic_values():
     o = np.array([0.0, 1.5, 2.0])
     c, r = np.array([0.3, 1.2, -1.0]), 0.6
-    out = _render(S.Camera(tuple(o)), S.Primitive("sphere", tuple(c), (r,)))
+    out = _render(Camera(tuple(o)), Primitive("sphere", tuple(c), (r,)))
     f = _focal()
     checked = 0
     for i in range(H):
@@ -104,10 +121,10 @@ def test_single_sphere_depth_and_normals_match_analytic_values():
 
 
 def test_sphere_on_a_pitched_optical_axis():
-    cam = S.Camera((0.5, 1.6, 2.0), yaw=math.radians(-15), pitch=math.radians(25))
-    forward = -S.camera_rotation(cam.yaw, cam.pitch)[:, 2]
+    cam = Camera((0.5, 1.6, 2.0), yaw=math.radians(-15), pitch=math.radians(25))
+    forward = -camera_rotation(cam.yaw, cam.pitch)[:, 2]
     centre = np.array(cam.position) + 3.0 * forward
-    out = _render(cam, S.Primitive("sphere", tuple(centre), (0.5,)))
+    out = _render(cam, Primitive("sphere", tuple(centre), (0.5,)))
     c = (H // 2, W // 2)
     assert out["depth"][c] == pytest.approx(2.5, rel=1e-5)
     np.testing.assert_allclose(out["normals"][c], (0, 0, 1), atol=1e-6)
@@ -115,42 +132,42 @@ def test_sphere_on_a_pitched_optical_axis():
 
 def test_box_cylinder_and_cone_faces_have_the_right_parts_normals_and_depths():
     c = (H // 2, W // 2)
-    down = S.Camera((0.0, 2.8, 0.0), pitch=math.radians(90))  # looks straight down
-    box = _render(down, S.Primitive("box", (0.0, 0.4, 0.0), (0.5, 0.4, 0.3), yaw=0.7))
+    down = Camera((0.0, 2.8, 0.0), pitch=math.radians(90))  # looks straight down
+    box = _render(down, Primitive("box", (0.0, 0.4, 0.0), (0.5, 0.4, 0.3), yaw=0.7))
     assert box["depth"][c] == pytest.approx(2.0, rel=1e-5)
     np.testing.assert_allclose(box["normals"][c], (0, 0, 1), atol=1e-6)
-    assert S.PART_NAMES[box["parts"][c]] == "box_top" and S.CLASS_NAMES[box["semseg"][c]] == "box"
+    assert PART_NAMES[box["parts"][c]] == "box_top" and CLASS_NAMES[box["semseg"][c]] == "box"
 
-    cap = _render(down, S.Primitive("cylinder", (0.0, 0.0, 0.0), (0.4, 1.0)))
+    cap = _render(down, Primitive("cylinder", (0.0, 0.0, 0.0), (0.4, 1.0)))
     assert cap["depth"][c] == pytest.approx(1.8, rel=1e-5)
-    assert S.PART_NAMES[cap["parts"][c]] == "cylinder_cap"
+    assert PART_NAMES[cap["parts"][c]] == "cylinder_cap"
 
-    front = S.Camera((0.0, 0.5, 2.0))  # level camera at half the primitives' height
-    side = _render(front, S.Primitive("cylinder", (0.0, 0.0, -1.0), (0.4, 1.0)))
+    front = Camera((0.0, 0.5, 2.0))  # level camera at half the primitives' height
+    side = _render(front, Primitive("cylinder", (0.0, 0.0, -1.0), (0.4, 1.0)))
     assert side["depth"][c] == pytest.approx(2.6, rel=1e-5)
     np.testing.assert_allclose(side["normals"][c], (0, 0, 1), atol=1e-6)
-    assert S.PART_NAMES[side["parts"][c]] == "cylinder_side"
+    assert PART_NAMES[side["parts"][c]] == "cylinder_side"
 
     r, h = 0.4, 1.0
-    cone = _render(front, S.Primitive("cone", (0.0, 0.0, -1.0), (r, h)))
+    cone = _render(front, Primitive("cone", (0.0, 0.0, -1.0), (r, h)))
     # at half height the cone's radius is r / 2; its normal leans up by atan(r / h)
     assert cone["depth"][c] == pytest.approx(3.0 - r / 2, rel=1e-5)
     expected = np.array([0.0, r / h, 1.0]) / math.hypot(r / h, 1.0)
     np.testing.assert_allclose(cone["normals"][c], expected, atol=1e-6)
-    assert S.PART_NAMES[cone["parts"][c]] == "cone" and cone["sal"][c] == 1
+    assert PART_NAMES[cone["parts"][c]] == "cone" and cone["sal"][c] == 1
 
-    box_front = _render(front, S.Primitive("box", (0.0, 0.5, -1.0), (0.3, 0.5, 0.25)))
+    box_front = _render(front, Primitive("box", (0.0, 0.5, -1.0), (0.3, 0.5, 0.25)))
     assert box_front["depth"][c] == pytest.approx(2.75, rel=1e-5)
-    assert S.PART_NAMES[box_front["parts"][c]] == "box_side"
+    assert PART_NAMES[box_front["parts"][c]] == "box_side"
 
 
 def test_shadows_darken_the_floor_under_an_object():
-    light = S.Light((0.0, 2.9, -1.0), ambient=0.2)
-    cam = S.Camera((0.0, 1.5, 2.0), pitch=math.radians(35))
-    lit = S.render_scene(S.Scene(ROOM, cam, light, ()), H, W)
+    light = Light((0.0, 2.9, -1.0), ambient=0.2)
+    cam = Camera((0.0, 1.5, 2.0), pitch=math.radians(35))
+    lit = render_scene(Scene(ROOM, cam, light, ()), H, W)
     # a floating sphere right below the light throws its shadow straight down
-    shadowed = S.render_scene(S.Scene(ROOM, cam, light, (S.Primitive("sphere", (0.0, 1.6, -1.0), (0.3,)),)), H, W)
-    floor = (shadowed["semseg"] == S.FLOOR) & (lit["semseg"] == S.FLOOR)
+    shadowed = render_scene(Scene(ROOM, cam, light, (Primitive("sphere", (0.0, 1.6, -1.0), (0.3,)),)), H, W)
+    floor = (shadowed["semseg"] == FLOOR) & (lit["semseg"] == FLOOR)
     darker = floor & (shadowed["image"].sum(-1) < lit["image"].sum(-1) - 0.05)
     assert darker.sum() > 5
 
@@ -159,12 +176,12 @@ def test_shadows_darken_the_floor_under_an_object():
 
 @pytest.fixture(scope="module")
 def samples() -> list[dict[str, np.ndarray]]:
-    cfg = S.SynthConfig(**SMALL)
-    return [S.generate_sample(cfg, "train", i) for i in range(6)]
+    cfg = SynthConfig(**SMALL)
+    return [generate_sample(cfg, "train", i) for i in range(6)]
 
 
 def _view_dirs(h: int, w: int) -> np.ndarray:
-    f = (w / 2) / math.tan(math.radians(S.HFOV_DEG) / 2)
+    f = (w / 2) / math.tan(math.radians(HFOV_DEG) / 2)
     x = (np.arange(w) + 0.5 - w / 2) / f
     y = -(np.arange(h) + 0.5 - h / 2) / f
     xx, yy = np.meshgrid(x, y)
@@ -179,13 +196,13 @@ def test_generated_ground_truth_is_geometrically_sane(samples):
         assert (np.sum(s["normals"] * _view_dirs(h, w), axis=-1) < 0).all()
         assert (s["depth"] > 0.05).all() and (s["depth"] < 15).all()
         assert s["image"].min() >= 0 and s["image"].max() <= 1
-        assert set(np.unique(s["semseg"])) <= set(range(len(S.CLASS_NAMES)))
-        assert set(np.unique(s["parts"])) <= set(range(len(S.PART_NAMES)))
+        assert set(np.unique(s["semseg"])) <= set(range(len(CLASS_NAMES)))
+        assert set(np.unique(s["parts"])) <= set(range(len(PART_NAMES)))
 
 
 def test_saliency_is_exactly_the_primitive_pixels(samples):
     for s in samples:
-        is_primitive = s["semseg"] >= S.CLASS_OF_KIND["sphere"]
+        is_primitive = s["semseg"] >= CLASS_OF_KIND["sphere"]
         np.testing.assert_array_equal(s["sal"], is_primitive.astype(np.float32))
         np.testing.assert_array_equal(s["parts"] > 0, is_primitive)
         np.testing.assert_array_equal(s["instance"] > 0, is_primitive)
@@ -226,48 +243,48 @@ def test_edges_lie_exactly_on_label_changes_and_depth_jumps(samples):
 
 
 def test_edges_are_one_pixel_thin_on_a_straight_boundary():
-    out = _render(S.Camera((0.0, 1.5, 2.0)))
+    out = _render(Camera((0.0, 1.5, 2.0)))
     edge = out["edge"].astype(bool)
     # below the optical axis, the central columns see only the floor / far-wall boundary, a
     # horizontal line: exactly one edge pixel per column, on the floor (the nearer side)
     lower_centre = (slice(H // 2, None), slice(W // 4, W - W // 4))
     assert (edge[lower_centre].sum(axis=0) == 1).all()
-    assert (out["semseg"][lower_centre][edge[lower_centre]] == S.FLOOR).all()
+    assert (out["semseg"][lower_centre][edge[lower_centre]] == FLOOR).all()
 
 
 # -- determinism, the files, the cache ---------------------------------------------------------
 
 def test_same_seed_is_byte_identical_other_seed_differs(tmp_path, small_root):
-    again = S.ensure_dataset(tmp_path / "again", S.SynthConfig(**SMALL), progress=False)
+    again = ensure_dataset(tmp_path / "again", SynthConfig(**SMALL), progress=False)
     a, b = _tree(small_root), _tree(again)
-    a.pop(S.MANIFEST), b.pop(S.MANIFEST)  # the manifest records the creating command
+    a.pop(MANIFEST), b.pop(MANIFEST)  # the manifest records the creating command
     assert a.keys() == b.keys() and all(a[k] == b[k] for k in a)
 
-    other = S.ensure_dataset(tmp_path / "other", S.SynthConfig(**{**SMALL, "seed": 1}), progress=False)
+    other = ensure_dataset(tmp_path / "other", SynthConfig(**{**SMALL, "seed": 1}), progress=False)
     c = _tree(other)
     assert sum(a[k] != c[k] for k in a if k.startswith("images/")) == 12
 
 
 def test_any_image_regenerates_alone_and_workers_do_not_change_the_output(tmp_path, small_root):
-    cfg = S.SynthConfig(**SMALL)
-    s = S.generate_sample(cfg, "val", 2)
+    cfg = SynthConfig(**SMALL)
+    s = generate_sample(cfg, "val", 2)
     np.testing.assert_array_equal(np.load(small_root / "depth" / "val_00002.npy"), s["depth"])
     stored = np.asarray(Image.open(small_root / "segmentation" / "val_00002.png"))
     np.testing.assert_array_equal(stored, s["semseg"] + 1)
 
     parallel = tmp_path / "parallel"
     parallel.mkdir()
-    S.generate_dataset(parallel, cfg, progress=False, workers=2)
+    generate_dataset(parallel, cfg, progress=False, workers=2)
     a, b = _tree(small_root), _tree(parallel)
-    a.pop(S.MANIFEST), b.pop(S.MANIFEST)
+    a.pop(MANIFEST), b.pop(MANIFEST)
     assert a == b
 
 
 def test_layout_on_disk(small_root):
-    manifest = json.loads((small_root / S.MANIFEST).read_text())
-    assert manifest["generator_version"] == S.GENERATOR_VERSION
+    manifest = json.loads((small_root / MANIFEST).read_text())
+    assert manifest["generator_version"] == GENERATOR_VERSION
     assert manifest["counts"] == {"train": 8, "val": 4}
-    assert manifest["classes"]["semseg"] == list(S.CLASS_NAMES)
+    assert manifest["classes"]["semseg"] == list(CLASS_NAMES)
     h, w = SMALL["height"], SMALL["width"]
     for split, n in (("train", 8), ("val", 4)):
         ids = (small_root / "gt_sets" / f"{split}.txt").read_text().split()
@@ -293,20 +310,20 @@ def test_cache_is_reused_and_foreign_folders_are_refused(tmp_path, small_root, m
     def boom(*args, **kwargs):
         raise AssertionError("regenerated although the manifest matches")
 
-    monkeypatch.setattr(S, "generate_dataset", boom)
-    assert S.ensure_dataset(small_root, S.SynthConfig(**SMALL)) == small_root
+    monkeypatch.setattr(synth_cache, "generate_dataset", boom)
+    assert ensure_dataset(small_root, SynthConfig(**SMALL)) == small_root
     with pytest.raises(UserError, match="other settings"):
-        S.ensure_dataset(small_root, S.SynthConfig(**{**SMALL, "seed": 3}))
+        ensure_dataset(small_root, SynthConfig(**{**SMALL, "seed": 3}))
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
     with pytest.raises(UserError, match="not a synth dataset"):
-        S.ensure_dataset(foreign, S.SynthConfig(**SMALL))
+        ensure_dataset(foreign, SynthConfig(**SMALL))
 
 
 def test_a_failed_generation_leaves_nothing_behind(tmp_path, monkeypatch):
     calls = []
-    real = S.write_sample
+    real = write_sample
 
     def flaky(*args):
         calls.append(1)
@@ -314,19 +331,19 @@ def test_a_failed_generation_leaves_nothing_behind(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         real(*args)
 
-    monkeypatch.setattr(S, "write_sample", flaky)
+    monkeypatch.setattr(synth_cache, "write_sample", flaky)
     with pytest.raises(KeyboardInterrupt):
-        S.ensure_dataset(tmp_path / "data", S.SynthConfig(**SMALL), progress=False)
+        ensure_dataset(tmp_path / "data", SynthConfig(**SMALL), progress=False)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_default_cache_folder_follows_mtbench_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("MTBENCH_CACHE", str(tmp_path))
-    plugin = get_dataset("synth")(S.SynthConfig(**SMALL))
-    assert plugin.cache_dir() == tmp_path / "synth" / S.SynthConfig(**SMALL).key()
-    assert f"g{S.GENERATOR_VERSION}" in plugin.cache_dir().name
+    plugin = get_dataset("synth")(SynthConfig(**SMALL))
+    assert plugin.cache_dir() == tmp_path / "synth" / SynthConfig(**SMALL).key()
+    assert f"g{GENERATOR_VERSION}" in plugin.cache_dir().name
     assert plugin.resolve_root(None) == plugin.cache_dir()
-    assert (plugin.cache_dir() / S.MANIFEST).is_file()
+    assert (plugin.cache_dir() / MANIFEST).is_file()
 
 
 def test_mtbench_data_meant_for_real_datasets_is_not_used_by_synth(tmp_path, monkeypatch):
@@ -345,16 +362,16 @@ def test_mtbench_data_meant_for_real_datasets_is_not_used_by_synth(tmp_path, mon
 
 def test_config_validation():
     with pytest.raises(ValueError, match="num_train"):
-        S.SynthConfig(num_train=0)
+        SynthConfig(num_train=0)
     with pytest.raises(ValueError, match="height"):
-        S.SynthConfig(height=8)
+        SynthConfig(height=8)
     with pytest.raises(ValueError, match="integer"):
-        S.SynthConfig(seed=1.5)
+        SynthConfig(seed=1.5)
     with pytest.raises(UserError, match="unknown"):
-        config_from_mapping(S.SynthConfig, {"num_images": 3}, "data")
+        config_from_mapping(SynthConfig, {"num_images": 3}, "data")
     with pytest.raises(UserError, match="width"):
-        config_from_mapping(S.SynthConfig, {"width": "wide"}, "data")
-    assert config_from_mapping(S.SynthConfig, {"seed": 4}, "data").seed == 4
+        config_from_mapping(SynthConfig, {"width": "wide"}, "data")
+    assert config_from_mapping(SynthConfig, {"seed": 4}, "data").seed == 4
 
 
 # -- the plugin and its items ------------------------------------------------------------------
@@ -369,16 +386,16 @@ def test_plugin_declares_the_documented_tasks():
     assert t["edge"].primary.name == "F_tol" and t["edge"].options["max_dist"] == 0.011
     assert {n: s.loss_weight for n, s in t.items()} == {
         "semseg": 1, "parts": 2, "sal": 5, "normals": 10, "edge": 50, "depth": 1}
-    assert t["semseg"].num_outputs == len(S.CLASS_NAMES) and t["parts"].num_outputs == len(S.PART_NAMES)
+    assert t["semseg"].num_outputs == len(CLASS_NAMES) and t["parts"].num_outputs == len(PART_NAMES)
     assert t["normals"].interpolation == "normals"
-    assert plugin_cls(S.SynthConfig(**SMALL)).image_size == (48, 64)
+    assert plugin_cls(SynthConfig(**SMALL)).image_size == (48, 64)
 
 
 @pytest.mark.parametrize("train", [False, True])
 def test_dataset_items_have_the_documented_formats(small_root, train):
     import torch
 
-    plugin = get_dataset("synth")(S.SynthConfig(**SMALL))
+    plugin = get_dataset("synth")(SynthConfig(**SMALL))
     specs = plugin.task_specs()
     ds = plugin.build("train" if train else "val", specs, plugin.image_size, small_root, train=train)
     assert len(ds) == (8 if train else 4)
@@ -387,8 +404,8 @@ def test_dataset_items_have_the_documented_formats(small_root, train):
     assert item["image"].dtype == torch.float32 and item["image"].shape == (3, h, w)
     assert item["meta"] == {"id": f"{'train' if train else 'val'}_00001", "size": (h, w)}
     assert item["semseg"].dtype == torch.int64 and item["semseg"].shape == (h, w)
-    assert int(item["semseg"].max()) < len(S.CLASS_NAMES) and int(item["semseg"].min()) >= 0
-    assert item["parts"].dtype == torch.int64 and int(item["parts"].max()) < len(S.PART_NAMES)
+    assert int(item["semseg"].max()) < len(CLASS_NAMES) and int(item["semseg"].min()) >= 0
+    assert item["parts"].dtype == torch.int64 and int(item["parts"].max()) < len(PART_NAMES)
     assert item["depth"].shape == (1, h, w) and bool((item["depth"] > 0).all())
     assert item["normals"].shape == (3, h, w)
     torch.testing.assert_close(item["normals"].norm(dim=0), torch.ones(h, w), atol=1e-5, rtol=0)
@@ -404,7 +421,7 @@ def test_dataset_items_have_the_documented_formats(small_root, train):
 def test_items_resized_to_another_size_keep_their_formats(small_root):
     import torch
 
-    plugin = get_dataset("synth")(S.SynthConfig(**SMALL))
+    plugin = get_dataset("synth")(SynthConfig(**SMALL))
     ds = plugin.build("val", plugin.task_specs(), (40, 56), small_root, train=False)
     item = ds[0]
     assert item["image"].shape == (3, 40, 56) and item["meta"]["size"] == (48, 64)
@@ -413,7 +430,7 @@ def test_items_resized_to_another_size_keep_their_formats(small_root):
 
 
 def test_unknown_split_is_a_user_error(small_root):
-    plugin = get_dataset("synth")(S.SynthConfig(**SMALL))
+    plugin = get_dataset("synth")(SynthConfig(**SMALL))
     with pytest.raises(UserError, match="no split 'test'"):
         plugin.build("test", plugin.task_specs(), plugin.image_size, small_root, train=False)
 
@@ -421,7 +438,7 @@ def test_unknown_split_is_a_user_error(small_root):
 def test_draw_samples_writes_a_png(tmp_path, small_root):
     from mtpeft_bench.viz import draw_samples
 
-    plugin = get_dataset("synth")(S.SynthConfig(**SMALL))
+    plugin = get_dataset("synth")(SynthConfig(**SMALL))
     out = draw_samples(plugin, plugin.task_specs(), small_root, 2, tmp_path / "figs" / "synth.png")
     data = out.read_bytes()
     assert data.startswith(b"\x89PNG") and len(data) > 10_000

@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from mtpeft_bench.errors import UserError
-
 
 @dataclass
 class GridPoint:
@@ -40,29 +38,6 @@ class SweepResult:
     skipped: list[str] = field(default_factory=list)
     completed: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
-
-
-def parse_list(text: str | None, what: str) -> list[str]:
-    items = [t.strip() for t in (text or "").split(",") if t.strip()]
-    if not items:
-        raise UserError(f"--{what} needs at least one name (comma-separated)")
-    return list(dict.fromkeys(items))
-
-
-def parse_seeds(text: str) -> list[int]:
-    """``"0,1,2"`` or ``"0-2"`` (or a mix) → ``[0, 1, 2]``."""
-    seeds: list[int] = []
-    for part in (p.strip() for p in str(text).split(",")):
-        if not part:
-            continue
-        lo, sep, hi = part.partition("-")
-        try:
-            seeds.extend(range(int(lo), int(hi) + 1) if sep else [int(part)])
-        except ValueError:
-            raise UserError(f"--seeds takes integers and ranges like 0,1,2 or 0-4, got '{part}'") from None
-    if not seeds:
-        raise UserError("--seeds needs at least one seed")
-    return list(dict.fromkeys(seeds))
 
 
 def expand(datasets: Sequence[str], methods: Sequence[str], seeds: Sequence[int], preset: str | None,

@@ -1,4 +1,4 @@
-"""``mtbench pretrain``: pretrain a built-in backbone (see :mod:`mtpeft_bench.pretrain`)."""
+"""``mtbench pretrain``: pretrain a built-in backbone (see :mod:`mtpeft_bench.pretraining`)."""
 
 from __future__ import annotations
 
@@ -38,8 +38,9 @@ def pretrain(config_name, seed, steps, batch_size, out, sets, checkpoint_every, 
     Running the same command again resumes from the checkpoint beside --out.
     """
     from mtpeft_bench.config import parse_sets
-    from mtpeft_bench.pretrain import PretrainConfig, compare_first_losses
-    from mtpeft_bench.pretrain import pretrain as run_pretrain
+    from mtpeft_bench.pretraining.card import compare_first_losses
+    from mtpeft_bench.pretraining.config import PretrainConfig
+    from mtpeft_bench.pretraining.loop import pretrain as run_pretrain
 
     fields = {f.name for f in dataclasses.fields(PretrainConfig)}
     options = {"config": config_name, "seed": seed, "steps": steps, "batch_size": batch_size}
@@ -62,7 +63,7 @@ def pretrain(config_name, seed, steps, batch_size, out, sets, checkpoint_every, 
                f"final loss {last.get('loss', float('nan')):.4f}" + (f" ({terms})" if terms else ""))
     click.echo(f"weights: {record['weights']} (sha256 {record['sha256']})")
     if check_card:
-        from mtpeft_bench.builtin_weights import card
+        from mtpeft_bench.pretraining.weights import card
 
         entry = card()["models"].get(cfg.backbone)
         if entry is None:

@@ -1,7 +1,8 @@
 """The pretraining corpus of mtbench's built-in backbones: procedural outdoor scenes, disjoint from ``synth``.
 
-The images are drawn with the ``synth`` ray-caster (:func:`mtpeft_bench.tasks.synth.render_scene`
-and its ``Scene``/``Room``/``Camera``/``Light``/``Primitive``/``Texture`` types) but by a different
+The images are drawn with the ``synth`` ray-caster (:func:`mtpeft_bench.tasks.synth.render.render_scene`
+and the ``Scene``/``Room``/``Camera``/``Light``/``Primitive``/``Texture`` types of
+:mod:`mtpeft_bench.tasks.synth.scene`) but by a different
 scene generator with its own seed stream, so no corpus image is a ``synth`` image and the
 distributions differ on purpose:
 
@@ -24,7 +25,7 @@ Every image comes with its albedo (the surfaces' colours without shading and sha
 image target, not one of the benchmark's tasks) and image-level labels of its scene: which
 primitive kinds and which object families it holds (multi-hot), how many
 objects (0-6; the generator asks for 1-6 and drops one that finds no free spot), the palette, and where the sun stands (low / middle / high, in front of or behind
-the camera). :mod:`mtpeft_bench.pretrain` uses them beside masked-image reconstruction.
+the camera). :mod:`mtpeft_bench.pretraining.losses` uses them beside masked-image reconstruction.
 
 The corpus is rendered once at ``height`` x ``width`` (default 96 x 128, ``synth``'s size) and
 cached as one ``.npz`` (uint8 images and albedos) under ``$MTBENCH_CACHE/pretrain_corpus/``; every image
@@ -37,9 +38,7 @@ import colorsys
 import dataclasses
 import json
 import math
-import os
 import sys
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -47,16 +46,21 @@ from typing import Any
 import numpy as np
 
 from mtpeft_bench.errors import UserError
-from mtpeft_bench.tasks.synth import (
+from mtpeft_bench.results import atomic_file
+from mtpeft_bench.tasks.synth.cache import default_cache_root
+from mtpeft_bench.tasks.synth.geometry import camera_rays, cast_rays
+from mtpeft_bench.tasks.synth.pool import default_workers, progress_bar, run_chunks
+from mtpeft_bench.tasks.synth.render import render_scene
+from mtpeft_bench.tasks.synth.scene import (
+    FLOOR,
     PRIMITIVE_KINDS,
+    ROOM_FACE_CLASS,
     Camera,
     Light,
     Primitive,
     Room,
     Scene,
     Texture,
-    default_cache_root,
-    render_scene,
 )
 
 
@@ -173,7 +177,7 @@ def sample_corpus_scene(rng: np.random.Generator) -> tuple[Scene, dict[str, Any]
 
     Returns:
         ``(scene, labels)``; ``labels`` holds ``kinds`` and ``families`` (0/1 lists in the order of
-        :data:`~mtpeft_bench.tasks.synth.PRIMITIVE_KINDS` and :data:`FAMILIES`), ``count`` (number of
+        :data:`~mtpeft_bench.tasks.synth.scene.PRIMITIVE_KINDS` and :data:`FAMILIES`), ``count`` (number of
         objects), ``palette`` and ``sun`` (class ids, see :data:`LABELS`).
     """
     palette = int(rng.integers(len(PALETTES)))
@@ -276,12 +280,10 @@ def render_corpus_geometry(config: CorpusConfig, index: int) -> dict[str, np.nda
     - ``object``: which object the pixel sees: 0 the sky, 1 the ground, 2 + k the k-th object (all
       primitives of a compound object share one id).
     """
-    from mtpeft_bench.tasks.synth import FLOOR, ROOM_FACE_CLASS, _cast, camera_rays
-
     scene, labels = sample_corpus_scene(corpus_rng(config.seed, index))
     origin = np.asarray(scene.camera.position, dtype=float)
     d = camera_rays(scene.camera, config.height, config.width)
-    t, owner, sub = _cast(scene, origin, d)
+    t, owner, sub = cast_rays(scene, origin, d)
     y = origin[1] + t * d[:, 1]
     sky = (owner == 0) & (ROOM_FACE_CLASS[sub] != FLOOR)
     height = np.where(sky, SKY, np.clip(np.round(y * HEIGHT_SCALE), 0, SKY - 1))
@@ -300,15 +302,8 @@ def load_geometry(config: CorpusConfig, progress: bool = True) -> dict[str, np.n
             return {k: data[k] for k in data.files}
     maps = [render_corpus_geometry(config, i) for i in range(config.num_images)]
     arrays = {k: np.stack([m[k] for m in maps]) for k in ("height", "object")}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.npz", dir=path.parent)
-    os.close(fd)
-    try:
-        np.savez(tmp, **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_file(path) as tmp, open(tmp, "wb") as handle:  # a handle: given a name, savez appends .npz
+        np.savez(handle, **arrays)
     return arrays
 
 
@@ -321,29 +316,18 @@ def _render_range(args: tuple[CorpusConfig, int, int]) -> tuple[int, np.ndarray,
 def generate_corpus(config: CorpusConfig, progress: bool = True, workers: int | None = None) -> dict[str, np.ndarray]:
     """Render every image of ``config``: ``images`` and ``albedo`` uint8[N, H, W, 3] and one int array per label
     (``kinds`` [N, 4], ``families`` [N, 6], ``count``/``palette``/``sun`` [N])."""
-    from mtpeft_bench.tasks.synth import _default_workers, _progress
-
     n = config.num_images
     images = np.empty((n, config.height, config.width, 3), np.uint8)
     albedo = np.empty_like(images)
     labels: list[dict[str, Any]] = [{}] * n
     chunks = [(config, k, min(n, k + 32)) for k in range(0, n, 32)]
-    workers = _default_workers(n) if workers is None else max(1, int(workers))
-    bar = _progress(n, f"pretraining corpus: rendering {n} images", enabled=progress)
+    workers = default_workers(n) if workers is None else max(1, int(workers))
+    bar = progress_bar(n, f"pretraining corpus: rendering {n} images", enabled=progress)
     try:
-        if workers == 1:
-            for start, imgs, albs, labs in map(_render_range, chunks):
-                images[start:start + len(imgs)], albedo[start:start + len(imgs)] = imgs, albs
-                labels[start:start + len(imgs)] = labs
-                bar.update(len(imgs))
-        else:
-            import multiprocessing
-
-            with multiprocessing.get_context("fork").Pool(workers) as pool:
-                for start, imgs, albs, labs in pool.imap_unordered(_render_range, chunks):
-                    images[start:start + len(imgs)], albedo[start:start + len(imgs)] = imgs, albs
-                    labels[start:start + len(imgs)] = labs
-                    bar.update(len(imgs))
+        for start, imgs, albs, labs in run_chunks(_render_range, chunks, workers):
+            images[start:start + len(imgs)], albedo[start:start + len(imgs)] = imgs, albs
+            labels[start:start + len(imgs)] = labs
+            bar.update(len(imgs))
     finally:
         bar.close()
     arrays = {"images": images, "albedo": albedo}
@@ -364,15 +348,8 @@ def load_corpus(config: CorpusConfig, progress: bool = True) -> dict[str, np.nda
             if json.loads(str(data["manifest"])) == manifest_for(config):
                 return {k: data[k] for k in data.files if k != "manifest"}
     arrays = generate_corpus(config, progress)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp.npz", dir=path.parent)
-    os.close(fd)
-    try:
-        np.savez(tmp, manifest=np.asarray(json.dumps(manifest_for(config))), **arrays)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_file(path) as tmp, open(tmp, "wb") as handle:  # a handle: given a name, savez appends .npz
+        np.savez(handle, manifest=np.asarray(json.dumps(manifest_for(config))), **arrays)
     return arrays
 
 
@@ -380,6 +357,6 @@ def manifest_for(config: CorpusConfig) -> dict[str, Any]:
     return {"corpus_version": CORPUS_VERSION, "config": asdict(config), "labels": {k: list(v) for k, v in LABELS.items()}}
 
 
-if __name__ == "__main__":  # pragma: no cover - a quick look: python -m mtpeft_bench.tasks.pretrain_corpus N
+if __name__ == "__main__":  # pragma: no cover - a quick look: python -m mtpeft_bench.pretraining.corpus N
     cfg = CorpusConfig(num_images=int(sys.argv[1]) if len(sys.argv) > 1 else 8)
     print({k: v.shape for k, v in generate_corpus(cfg, workers=1).items()})

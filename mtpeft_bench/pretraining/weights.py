@@ -1,11 +1,15 @@
 """The backbone weights that ship with mtbench (``--weights builtin``).
 
-mtbench pretrains its small CPU backbones itself (:mod:`mtpeft_bench.pretrain`, ``mtbench
+mtbench pretrains its small CPU backbones itself (:mod:`mtpeft_bench.pretraining`, ``mtbench
 pretrain``) so that offline runs compare methods on pretrained weights, as the real benchmark
 does, rather than on a random initialisation. The files live in ``mtpeft_bench/weights/``:
 ``<alias>.safetensors`` (the backbone state dict, stored as float16 and loaded into float32), and
 ``card.json``, the machine-readable part of the model card (``README.md`` beside it), which names
 each file with its SHA-256, its pretraining configuration, command and first losses.
+
+This module is a registry of files: it finds and verifies them and says where they came from.
+Loading the tensors into a model is :func:`mtpeft_bench.backbone.create_backbone`'s job, which
+asks this module for the file; nothing here imports the backbone or torch.
 """
 
 from __future__ import annotations
@@ -14,12 +18,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from torch import nn
-
+from mtpeft_bench.digest import sha256_of
 from mtpeft_bench.errors import UserError
 
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 CARD_FILE = WEIGHTS_DIR / "card.json"
 
 
@@ -50,24 +53,16 @@ def weights_file(name: str) -> Path:
     return WEIGHTS_DIR / entry["file"]
 
 
-def load_into(model: nn.Module, name: str) -> dict[str, Any]:
-    """Load the built-in weights of backbone ``name`` into ``model`` (a timm Swin of that configuration).
-
-    The file's SHA-256 is checked against the card first. The tensors go through timm's Swin
-    checkpoint filter, which resizes the relative-position bias tables when the image size clamps
-    the windows differently from the pretraining size.
+def verified_file(name: str) -> tuple[Path, dict[str, Any]]:
+    """The shipped file of backbone ``name``, its SHA-256 checked against the card, and its provenance.
 
     Returns:
-        The provenance stored in the result file (``source`` is ``builtin``).
+        ``(path, provenance)``; the provenance is what the result file stores (``source`` is
+        ``builtin``).
 
     Raises:
-        UserError: no built-in weights for ``name``, a missing or altered file, or a model that
-            does not fit them.
+        UserError: no built-in weights for ``name``, or a missing or altered file.
     """
-    import torch
-    from safetensors.torch import load_file
-    from mtpeft_bench.backbone import convert_swin_state, sha256_of
-
     path = weights_file(name)
     entry = card()["models"][name]
     if not path.is_file():
@@ -76,16 +71,8 @@ def load_into(model: nn.Module, name: str) -> dict[str, Any]:
     if digest != entry["sha256"]:
         raise UserError(f"the built-in weights file {path} does not match its model card (SHA-256 {digest[:12]}… "
                         f"instead of {entry['sha256'][:12]}…): reinstall mtbench")
-    state = {k: v.to(torch.float32) for k, v in load_file(str(path)).items()}
-    state = convert_swin_state(state, model)
-    result = model.load_state_dict(state, strict=False)
-    # The shipped file holds the encoder only: the final norm and classifier are never used.
-    missing = [k for k in result.missing_keys if not k.startswith(("norm.", "head."))]
-    if missing or result.unexpected_keys:
-        raise UserError(f"the built-in weights of '{name}' do not fit this model "
-                        f"({len(missing)} missing, {len(result.unexpected_keys)} unexpected keys)")
     config = entry.get("pretrain_config", {})
-    return {
+    provenance = {
         "source": "builtin",
         "id": f"mtbench/{name}",
         "file": f"mtpeft_bench/weights/{entry['file']}",
@@ -95,3 +82,4 @@ def load_into(model: nn.Module, name: str) -> dict[str, Any]:
         "pretraining": {"objective": entry.get("objective"), "corpus": entry.get("corpus"),
                         "seed": config.get("seed"), "steps": config.get("steps"), "command": entry.get("command")},
     }
+    return path, provenance

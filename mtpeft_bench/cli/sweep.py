@@ -1,9 +1,14 @@
-"""``mtbench sweep``: run a grid of methods × datasets × seeds, or print it as torchrun commands."""
+"""``mtbench sweep``: run a grid of methods × datasets × seeds, or print it as torchrun commands.
+
+A sweep takes every option of ``mtbench run`` (:data:`~mtpeft_bench.cli.options.RUN_OPTIONS`) for
+all its runs; ``--methods``, ``--datasets`` and ``--seeds`` span the grid.
+"""
 
 from __future__ import annotations
 
 import click
 
+from mtpeft_bench.cli.options import command_line, config_fields, parse_list, parse_seeds, run_options
 from mtpeft_bench.errors import UserError
 
 
@@ -19,25 +24,13 @@ Examples:
 @click.option("--methods", required=True, help="Comma-separated method plugins.")
 @click.option("--datasets", default="synth", show_default=True, help="Comma-separated dataset plugins.")
 @click.option("--seeds", default="0", show_default=True, help="Seeds: 0,1,2 or 0-4.")
-@click.option("--tasks", "-t", default=None, help="Comma-separated tasks (default: each dataset's task set).")
-@click.option("--preset", "-p", default=None, help="smoke | cpu | paper (default: each dataset's default preset).")
-@click.option("--backbone", default=None, help="timm Swin name or swin_micro (overrides the preset).")
-@click.option("--weights", default=None, help="none | timm | builtin | PATH to a checkpoint.")
-@click.option("--epochs", type=int, default=None, help="Training epochs (overrides the preset).")
-@click.option("--batch-size", type=int, default=None, help="Batch size per process (overrides the preset).")
-@click.option("--data-root", default=None, help="Where the datasets live (default: $MTBENCH_DATA).")
-@click.option("--out", default=None, help="Results folder (default: results/).")
-@click.option("--device", default=None, help="auto | cpu | cuda | cuda:N (default auto).")
-@click.option("--tag", default=None, help="A label stored with every result.")
-@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="Override a setting for every run (repeatable).")
-@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@run_options()
 @click.option("--print-commands", is_flag=True,
               help="Do not run: print one torchrun command per run still to do (stdout), for a scheduler.")
 @click.option("--nproc-per-node", type=int, default=1, show_default=True,
               help="With --print-commands: processes (GPUs) per node of each run.")
 @click.option("--nnodes", type=int, default=1, show_default=True, help="With --print-commands: nodes per run.")
-def sweep(methods, datasets, seeds, tasks, preset, backbone, weights, epochs, batch_size, data_root, out, device, tag,
-          sets, no_progress, print_commands, nproc_per_node, nnodes):
+def sweep(methods, datasets, seeds, print_commands, nproc_per_node, nnodes, **options):
     """Run every method × dataset × seed with one recipe, one run after another.
 
     Runs whose result (same configuration hash) is already in the results folder are skipped;
@@ -47,22 +40,19 @@ def sweep(methods, datasets, seeds, tasks, preset, backbone, weights, epochs, ba
     """
     from mtpeft_bench.config import parse_sets
     from mtpeft_bench.runs.summary import log_to_stderr, print_summary
-    from mtpeft_bench.runs.sweep import classify, expand, parse_list, parse_seeds, run_grid, torchrun_command
+    from mtpeft_bench.runs.sweep import classify, expand, run_grid, torchrun_command
 
     if nproc_per_node < 1 or nnodes < 1:
         raise UserError("--nproc-per-node and --nnodes must be at least 1")
     if not print_commands and (nproc_per_node > 1 or nnodes > 1):
         raise UserError("--nproc-per-node/--nnodes only shape the printed commands; add --print-commands "
                         "(or start the sweep itself under torchrun)")
-    tasks_tuple = tuple(parse_list(tasks, "tasks")) if tasks else None
-    options = dict(tasks=tasks_tuple, backbone=backbone, weights=weights, epochs=epochs, batch_size=batch_size,
-                   data_root=data_root, out=out, device=device, tag=tag, progress=False if no_progress else None)
-    parsed_sets = parse_sets(sets)
+    fields, sets = config_fields(options), parse_sets(options["sets"])
     from mtpeft_bench.train.distributed import env_world_size
 
     world = nproc_per_node * nnodes if print_commands else env_world_size()
-    points = expand(parse_list(datasets, "datasets"), parse_list(methods, "methods"), parse_seeds(seeds), preset,
-                    options, parsed_sets, world_size=world)
+    points = expand(parse_list(datasets, "datasets"), parse_list(methods, "methods"), parse_seeds(seeds),
+                    options["preset"], fields, sets, world_size=world)
     classify(points)
     import os
 
@@ -77,14 +67,8 @@ def sweep(methods, datasets, seeds, tasks, preset, backbone, weights, epochs, ba
          f"{counts['new']} to start")
 
     if print_commands:
-        run_args = []
-        for flag, value in (("--tasks", tasks), ("--preset", preset), ("--backbone", backbone), ("--weights", weights),
-                            ("--epochs", epochs), ("--batch-size", batch_size), ("--data-root", data_root),
-                            ("--out", out), ("--device", device), ("--tag", tag)):
-            if value is not None:
-                run_args += [flag, str(value)]
-        for item in sets:
-            run_args += ["--set", item]
+        # The same options on each run's command line (torchrun_command adds --no-progress itself).
+        run_args = command_line({k: v for k, v in options.items() if k != "no_progress"})
         for point in points:
             if point.state != "done":
                 click.echo(torchrun_command(point, run_args, nproc_per_node, nnodes))

@@ -1,6 +1,10 @@
-"""The evidence of the built-in weights' model card: tables from result files, loss curves, spectra.
+"""The built-in weights' model card: its entries, and the evidence: tables from result files, loss curves, spectra.
 
-``python -m mtpeft_bench.pretrain_card --results DIR --plots DIR`` prints the Markdown tables of
+A completed pretraining run becomes a ``card.json`` entry (:func:`card_entry`: SHA-256, configuration,
+objective, command, first losses, loss curve); ``mtbench pretrain --check-card`` compares a rerun's
+first losses with it (:func:`compare_first_losses`).
+
+``python -m mtpeft_bench.pretraining.card --results DIR --plots DIR`` prints the Markdown tables of
 ``mtpeft_bench/weights/README.md`` (per-task primary metrics of runs that differ only in their
 weights, mean ± std over seeds) and draws ``loss_curves.png`` (from ``card.json``) and
 ``spectra.png`` (singular values of every block linear of the shipped backbones and of timm's
@@ -15,6 +19,70 @@ import argparse
 import statistics
 from pathlib import Path
 from typing import Any
+
+from mtpeft_bench.pretraining.config import PretrainConfig
+from mtpeft_bench.pretraining import weights
+from mtpeft_bench.results import read_records, write_json_atomic
+
+
+def objective_text(cfg: PretrainConfig) -> str:
+    parts = [f"{cfg.albedo_weight} x albedo L1 (the benchmark's HRNet head on the four encoder features)",
+             f"{cfg.label_weight} x image-level scene-property classification (primitive kinds, object families, "
+             "object count, palette, sun position)"]
+    if cfg.head == "linear":
+        parts[0] = parts[0].replace("the benchmark's HRNet head",
+                                    "a linear head (the decoder's reducers and a 1x1 conv)")
+    if cfg.shading_weight > 0:
+        parts.insert(1, f"{cfg.shading_weight} x shading L1 (same head)")
+    if cfg.recon_weight > 0:
+        parts.insert(1, f"{cfg.recon_weight} x RGB reconstruction L1 (same head)")
+    if cfg.height_weight > 0:
+        parts.insert(1, f"{cfg.height_weight} x height-above-ground L1 (same head)")
+    if cfg.group_weight > 0:
+        parts.insert(1, f"{cfg.group_weight} x supervised-contrastive object grouping of the feature-grid cells "
+                        f"({cfg.group_dim}-d linear embedding, temperature {cfg.group_temperature})")
+    if cfg.mask_ratio > 0:
+        parts.insert(0, f"SimMIM masked-image modelling ({cfg.mask_ratio:.0%} of {cfg.mask_patch}-px squares)")
+    return " + ".join(parts)
+
+
+#: The loss terms a card's loss curve records (terms whose weight is 0 stay 0).
+LOSS_TERMS = ("loss", "mim", "albedo", "shading", "recon", "height", "group", "labels")
+
+#: The setting that switches each optional loss term on (the term is drawn only where it is > 0).
+TERM_WEIGHTS = {"mim": "mask_ratio", "shading": "shading_weight", "recon": "recon_weight",
+                "height": "height_weight", "group": "group_weight"}
+
+
+def card_entry(record: dict[str, Any], curve_every: int = 25, first: int = 20) -> dict[str, Any]:
+    """The card.json entry of a completed pretraining run (its log record)."""
+    cfg = PretrainConfig(**record["config"])
+    history = record["history"]
+    return {
+        "file": f"{cfg.backbone}.safetensors",
+        "sha256": record["sha256"],
+        "stored_dtype": cfg.store_dtype,
+        "backbone": cfg.backbone,
+        "image_size": record["image_size"],
+        "pretrain_config": record["config"],
+        "objective": objective_text(cfg),
+        "corpus": record["corpus"],
+        "command": record["command"],
+        "train_seconds": record["train_seconds"],
+        "environment": record["environment"],
+        "first_losses": [h["loss"] for h in history[:first]],
+        "loss_curve_columns": ["step", *LOSS_TERMS],
+        "loss_curve": [[h["step"], *(round(h.get(k, 0.0), 5) for k in LOSS_TERMS)]
+                       for h in history if h["step"] % curve_every == 0 or h["step"] == 1],
+    }
+
+
+def compare_first_losses(history: list[dict[str, Any]], expected: list[float], rtol: float = 1e-4) -> dict[str, Any]:
+    """Compare a run's first losses with a card's: ``{"steps", "max_rel_diff", "match"}``."""
+    n = min(len(history), len(expected))
+    diffs = [abs(history[i]["loss"] - expected[i]) / max(abs(expected[i]), 1e-12) for i in range(n)]
+    worst = max(diffs, default=float("nan"))
+    return {"steps": n, "max_rel_diff": worst, "match": n > 0 and worst <= rtol}
 
 
 def evidence_rows(records: list[dict[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
@@ -70,8 +138,6 @@ def plot_loss_curves(card: dict[str, Any], path: Path) -> Path:
     matplotlib.use("Agg")
     import pandas as pd
     import seaborn as sns
-
-    from mtpeft_bench.pretrain import TERM_WEIGHTS
 
     frames = []
     for name, entry in card["models"].items():
@@ -143,28 +209,21 @@ def install(logs: list[Path]) -> list[str]:
     import json
     import shutil
 
-    from mtpeft_bench.builtin_weights import CARD_FILE, WEIGHTS_DIR, card
-    from mtpeft_bench.pretrain import card_entry
-    from mtpeft_bench.results import write_json_atomic
-
-    models = dict(card()["models"])
+    models = dict(weights.card()["models"])
     for log in logs:
         record = json.loads(Path(log).read_text(encoding="utf-8"))
         if record.get("status") != "completed":
             raise SystemExit(f"{log}: the run did not complete")
         entry = card_entry(record)
-        WEIGHTS_DIR.mkdir(exist_ok=True)
-        shutil.copyfile(record["weights"], WEIGHTS_DIR / entry["file"])
+        weights.WEIGHTS_DIR.mkdir(exist_ok=True)
+        shutil.copyfile(record["weights"], weights.WEIGHTS_DIR / entry["file"])
         models[entry["backbone"]] = entry
-    write_json_atomic(CARD_FILE, {"models": dict(sorted(models.items()))})
-    CARD_FILE.chmod(0o644)  # package data: readable by everyone (the temporary file was private)
+    write_json_atomic(weights.CARD_FILE, {"models": dict(sorted(models.items()))})
+    weights.CARD_FILE.chmod(0o644)  # package data: readable by everyone (the temporary file was private)
     return sorted(models)
 
 
 def main() -> None:
-    from mtpeft_bench.builtin_weights import card
-    from mtpeft_bench.results import read_records
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, help="folder of the evidence runs' result files")
     parser.add_argument("--plots", type=Path, help="folder to draw loss_curves.png and spectra.png into")
@@ -175,7 +234,7 @@ def main() -> None:
     if args.results:
         print(evidence_markdown(read_records(args.results)))
     if args.plots:
-        print(plot_loss_curves(card(), args.plots / "loss_curves.png"))
+        print(plot_loss_curves(weights.card(), args.plots / "loss_curves.png"))
         path, summary = plot_spectra(args.plots / "spectra.png")
         print(path)
         for row in summary:

@@ -1,7 +1,5 @@
-"""``mtbench data prepare`` and ``mtbench data verify``: get the real datasets in place and check them.
-
-Registered in the ``data`` group of :mod:`mtpeft_bench.cli` by :func:`register`.
-"""
+"""``mtbench data``: get the real datasets in place (``prepare``), check them (``verify``) and draw
+samples of any dataset (``show``)."""
 
 from __future__ import annotations
 
@@ -10,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from mtpeft_bench.cli.options import prefixed_settings, run_options, split_list
 from mtpeft_bench.errors import UserError
 
 
@@ -21,19 +20,21 @@ Examples:
 """
 
 
-def _plugin(dataset: str, sets: tuple[str, ...] = ()):
-    from mtpeft_bench.config import parse_sets
+@click.group()
+def data():
+    """Get, check and inspect datasets."""
+
+
+def _plugin(dataset: str, sets: tuple[str, ...], command: str, downloaded: bool = False):
+    """The dataset plugin with its ``data.<key>=<value>`` options; ``downloaded``: refuse generated ones."""
     from mtpeft_bench.registry import get_dataset
     from mtpeft_bench.tasks.base import config_from_mapping
 
     cls = get_dataset(dataset)
-    if not cls.requires_root or not hasattr(cls, "layout"):
+    if downloaded and (not cls.requires_root or not hasattr(cls, "layout")):
         raise UserError(f"dataset '{dataset}' is generated, not downloaded; there is nothing to prepare or verify")
-    overrides = parse_sets(sets)
-    bad = [k for k in overrides if not k.startswith("data.")]
-    if bad:
-        raise UserError(f"only data.<key>=<value> settings apply here, not {', '.join(bad)}")
-    return cls(config_from_mapping(cls.Config, {k[5:]: v for k, v in overrides.items()}, f"{dataset} dataset"))
+    options = prefixed_settings(sets, "data", command)
+    return cls(config_from_mapping(cls.Config, options, f"{dataset} dataset"))
 
 
 def _data_root(value: str | None) -> Path | None:
@@ -43,41 +44,41 @@ def _data_root(value: str | None) -> Path | None:
 @click.command("prepare", epilog=EXAMPLES)
 @click.argument("dataset")
 @click.option("--from", "source", required=True, help="The downloaded archive (.tgz), its extracted folder, or a parent.")
-@click.option("--data-root", default=None, help="Where datasets live (default: $MTBENCH_DATA).")
+@run_options("data_root")
 @click.option("--symlink", is_flag=True, help="Link to an extracted folder instead of copying it.")
-def prepare_cmd(dataset, source, data_root, symlink):
+def prepare(dataset, source, data_root, symlink):
     """Put a downloaded dataset under the data root (archive, extracted folder or parent folder)."""
-    from mtpeft_bench.tasks.prepare import prepare
+    from mtpeft_bench.tasks.prepare import prepare as prepare_dataset
 
-    plugin = _plugin(dataset)
-    dest = prepare(plugin, Path(source), _data_root(data_root), symlink=symlink,
-                   progress=lambda msg: click.echo(msg, err=True))
+    plugin = _plugin(dataset, (), "data prepare", downloaded=True)
+    dest = prepare_dataset(plugin, Path(source), _data_root(data_root), symlink=symlink,
+                           progress=lambda msg: click.echo(msg, err=True))
     click.echo(f"{dataset}: ready in {dest}; use --data-root {dest.parent} (or MTBENCH_DATA={dest.parent}); "
                f"`mtbench data verify {dataset} --data-root {dest.parent}` checks every file")
 
 
 @click.command("verify", epilog=EXAMPLES)
 @click.argument("dataset")
-@click.option("--data-root", default=None, help="Where datasets live (default: $MTBENCH_DATA).")
+@run_options("data_root")
 @click.option("--split", "splits", multiple=True, help="Only this split (repeatable; default: all).")
 @click.option("--strict", is_flag=True, help="Also fail when a split's size differs from the official one.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--set", "sets", multiple=True, metavar="data.KEY=VALUE", help="Dataset options.")
-def verify_cmd(dataset, data_root, splits, strict, no_progress, sets):
+def verify(dataset, data_root, splits, strict, no_progress, sets):
     """Check layout, split sizes, that every file opens, shapes agree and values are in range.
 
     Prints one line per problem (starting with the file's path); exit status 1 if any.
     """
-    from mtpeft_bench.tasks.verify import verify
+    from mtpeft_bench.tasks.verify import verify as verify_dataset
 
-    plugin = _plugin(dataset, sets)
+    plugin = _plugin(dataset, sets, "data verify", downloaded=True)
 
     def bar(split: str, total: int):
         from tqdm.auto import tqdm
 
         return tqdm(total=total, desc=f"verify {split}", unit="img", disable=no_progress, leave=False, file=sys.stderr)
 
-    report = verify(plugin, _data_root(data_root), splits or None, progress=bar)
+    report = verify_dataset(plugin, _data_root(data_root), splits or None, progress=bar)
     for note in report.notes:
         click.echo(f"note: {note}")
     for problem in report.problems:
@@ -91,7 +92,26 @@ def verify_cmd(dataset, data_root, splits, strict, no_progress, sets):
     sys.exit(1)
 
 
-def register(group: click.Group) -> None:
-    """Add ``prepare`` and ``verify`` to the ``mtbench data`` group."""
-    group.add_command(prepare_cmd)
-    group.add_command(verify_cmd)
+@click.command("show")
+@click.argument("dataset")
+@click.option("--out", required=True, help="PNG file to write.")
+@click.option("--n", "count", default=4, show_default=True, help="Number of samples.")
+@click.option("--split", default="val", show_default=True)
+@click.option("--tasks", "-t", default=None, help="Comma-separated tasks (default: all of the dataset's tasks).")
+@run_options("data_root")
+@click.option("--set", "sets", multiple=True, metavar="data.KEY=VALUE", help="Dataset options.")
+def show(dataset, out, count, split, tasks, data_root, sets):
+    """Draw a few samples with every task map into a PNG."""
+    from mtpeft_bench.runs.setup import data_root_for
+    from mtpeft_bench.viz import draw_samples
+
+    plugin = _plugin(dataset, sets, "data show")
+    if split not in plugin.splits:
+        raise UserError(f"dataset '{dataset}' has no split '{split}'; splits: {', '.join(plugin.splits)}")
+    if count <= 0:
+        raise UserError("--n must be positive")
+    names = split_list(tasks) or tuple(plugin.tasks)
+    specs = plugin.task_specs(names)
+    root = data_root_for(plugin, data_root)  # --data-root, else $MTBENCH_DATA for a dataset on disk
+    path = draw_samples(plugin, specs, plugin.resolve_root(root), count, Path(out), split=split)
+    click.echo(f"wrote {path}")
