@@ -112,7 +112,7 @@ def run_bench(setup: BenchSetup) -> dict[str, Any]:
     """
     from mtpeft_bench.train import autocast as _autocast  # aliased: a local variable below is named autocast
     from mtpeft_bench.registry import get_dataset
-    from mtpeft_bench.runs.setup import pick_device
+    from mtpeft_bench.running.setup import pick_device
 
     device = pick_device(setup.device)
     specs = get_dataset(setup.dataset)().task_specs(setup.tasks)

@@ -110,7 +110,7 @@ PRESET_HELP = {
 # Settings that are not part of a run's identity: they do not change what training computes (where
 # it reads and writes, how it reports, how it measures afterwards). They are left out of the
 # configuration hash, may change between the sessions of one resumed run, and are not named when
-# a resumed run's configuration is compared with the new one (runs/resume.py). Changing this set
+# a resumed run's configuration is compared with the new one (running/resume.py). Changing this set
 # changes every configuration hash: old runs would no longer resume or be skipped as completed.
 NOT_IDENTITY = frozenset({"out", "tag", "data_root", "device", "num_workers", "progress", "checkpoint_every",
                           "runs_dir", "measure_repeats", "measure_warmup"})

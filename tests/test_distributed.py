@@ -106,7 +106,7 @@ WORKER = textwrap.dedent('''
     from safetensors.torch import load_file
 
     from mtpeft_bench.metrics import build_meter
-    from mtpeft_bench.runs.setup import pick_device
+    from mtpeft_bench.running.setup import pick_device
     from mtpeft_bench.train import distributed, evaluate
 
     torch.set_num_threads(1)

@@ -102,7 +102,7 @@ def verify(dataset, data_root, splits, strict, no_progress, sets):
 @click.option("--set", "sets", multiple=True, metavar="data.KEY=VALUE", help="Dataset options.")
 def show(dataset, out, count, split, tasks, data_root, sets):
     """Draw a few samples with every task map into a PNG."""
-    from mtpeft_bench.runs.setup import data_root_for
+    from mtpeft_bench.running.setup import data_root_for
     from mtpeft_bench.viz import draw_samples
 
     plugin = _plugin(dataset, sets, "data show")

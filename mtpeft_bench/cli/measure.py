@@ -30,7 +30,7 @@ def params(method, dataset, as_json, **options):
     from mtpeft_bench.backbone import create_backbone
     from mtpeft_bench.measure import parameter_groups, parameter_summary
     from mtpeft_bench.model import build_model, task_outputs_of
-    from mtpeft_bench.runs.setup import prepare
+    from mtpeft_bench.running.setup import prepare
 
     resolved = prepare(cfg)
     backbone_model, _ = create_backbone(cfg.backbone, resolved.image_size, "none", cfg.drop_path)

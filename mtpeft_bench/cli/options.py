@@ -117,7 +117,7 @@ def resolve_config(dataset: str, options: Mapping[str, Any], **fields: Any) -> R
         UserError: an unknown dataset, preset or setting, or a value no run can use.
     """
     from mtpeft_bench.config import parse_sets
-    from mtpeft_bench.runs.setup import resolve_config as resolve_run_config  # the one resolution of every entry point
+    from mtpeft_bench.running.setup import resolve_config as resolve_run_config  # the one resolution of every entry point
 
     return resolve_run_config(options.get("preset"), {"dataset": dataset, **fields, **config_fields(options)},
                               parse_sets(options.get("sets", ())))

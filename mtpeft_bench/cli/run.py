@@ -35,8 +35,8 @@ def run(method, dataset, seed, resume, **options):
     process; the LR follows the global batch); rank 0 writes the result and the checkpoints.
     """
     cfg = resolve_config(dataset, options, method=method, seed=seed)
-    from mtpeft_bench.runs.pipeline import run as run_one
-    from mtpeft_bench.runs.summary import log_to_stderr, print_summary
+    from mtpeft_bench.running.pipeline import run as run_one
+    from mtpeft_bench.running.summary import log_to_stderr, print_summary
     from mtpeft_bench.train.failures import RunFailed
 
     log_to_stderr()

@@ -39,8 +39,8 @@ def sweep(methods, datasets, seeds, print_commands, nproc_per_node, nnodes, **op
     re-issue one after a preemption).
     """
     from mtpeft_bench.config import parse_sets
-    from mtpeft_bench.runs.summary import log_to_stderr, print_summary
-    from mtpeft_bench.runs.sweep import classify, expand, run_grid, torchrun_command
+    from mtpeft_bench.running.summary import log_to_stderr, print_summary
+    from mtpeft_bench.running.sweep import classify, expand, run_grid, torchrun_command
 
     if nproc_per_node < 1 or nnodes < 1:
         raise UserError("--nproc-per-node and --nnodes must be at least 1")

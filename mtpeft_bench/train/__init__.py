@@ -11,11 +11,11 @@ Read top to bottom::
     failures.py     Ctrl-C/SIGTERM, divergence, out of memory: RunCancelled, RunFailed
     distributed.py  several processes (torchrun): DistContext, shards, per-sample seeds, DDP
 
-``distributed.py`` lives here, not in ``runs/``, because the fit loop needs it (epochs of the
+``distributed.py`` lives here, not in ``running/``, because the fit loop needs it (epochs of the
 shard samplers, reductions of losses and meters) and the training objects are what it wraps
-(DDP, cross-rank BatchNorm): ``runs`` depends on ``train``, never the other way round. The fit
+(DDP, cross-rank BatchNorm): ``running`` depends on ``train``, never the other way round. The fit
 loop saves through a :class:`~mtpeft_bench.train.fit.RunRecorder` (the run session in
-``runs/session.py``) for the same reason.
+``running/session.py``) for the same reason.
 
 The names below are the package's public API (:func:`autocast` is also what ``bench`` uses).
 """

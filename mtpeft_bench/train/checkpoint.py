@@ -1,6 +1,6 @@
 """Checkpoints: what lets a run survive being stopped and continue exactly.
 
-A run folder (runs/folders.py) holds ``last.safetensors``, the latest checkpoint: one safetensors
+A run folder (running/folders.py) holds ``last.safetensors``, the latest checkpoint: one safetensors
 file written to a temporary name and renamed into place, so a crash at any moment leaves the
 previous checkpoint (or none), never a torn one. Tensors: ``model/<name>`` (the full state dict,
 buffers included), ``optim/<i>/<name>`` (the optimizer's per-parameter state),

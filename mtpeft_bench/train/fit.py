@@ -1,7 +1,7 @@
 """The epochs of one run (or of its rest, when resumed): train, evaluate periodically, write
 checkpoints, and end cleanly when stopped (Ctrl-C/SIGTERM), when the loss diverges or when memory
 runs out (failures.py). The run pipeline builds everything; the :class:`~mtpeft_bench.train.trainer.Trainer`
-takes the steps; the run session (runs/session.py) owns the run folder this loop saves into.
+takes the steps; the run session (running/session.py) owns the run folder this loop saves into.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from mtpeft_bench.train.trainer import EpochStats, Trainer, TrainingDiverged
 
 
 class RunRecorder(Protocol):
-    """What the loop needs of the run folder (runs/session.py's ``RunSession`` is the one in use)."""
+    """What the loop needs of the run folder (running/session.py's ``RunSession`` is the one in use)."""
 
     run_id: str
     start_epoch: int

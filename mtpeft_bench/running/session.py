@@ -11,7 +11,7 @@ Resuming (``mtbench run ... --resume [RUN_ID]``, ``run(cfg, resume=...)``):
   command after a preemption.
 - ``resume="<run_id>"``: resume exactly that run; its configuration must hash the same.
 
-The decision is runs/resume.py's (shared with sweeps); this module acts on it.
+The decision is running/resume.py's (shared with sweeps); this module acts on it.
 
 The checkpoint restores everything training depends on (model, optimizer, scheduler, gradient
 scaler, every process's RNG states, the epoch and the step within it, the history so far), and
@@ -34,8 +34,8 @@ from typing import Any, Mapping
 import torch
 
 from mtpeft_bench.errors import UserError
-from mtpeft_bench.runs.folders import RunDir, new_run_state
-from mtpeft_bench.runs.resume import decide
+from mtpeft_bench.running.folders import RunDir, new_run_state
+from mtpeft_bench.running.resume import decide
 from mtpeft_bench.train.checkpoint import (
     Checkpoint,
     capture_rng,

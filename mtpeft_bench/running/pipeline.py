@@ -2,7 +2,7 @@
 measure → write the result record.
 
 :func:`run` is what ``mtbench run`` and every point of a sweep call; it prints nothing (progress
-goes to the ``mtpeft_bench`` logger, see runs/summary.py) and returns a :class:`RunResult`.
+goes to the ``mtpeft_bench`` logger, see running/summary.py) and returns a :class:`RunResult`.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from mtpeft_bench.config import RunConfig
-from mtpeft_bench.runs.build import build_training, seed_everything
-from mtpeft_bench.runs.folders import runs_root
-from mtpeft_bench.runs.record import build_record, global_rate, write_result
-from mtpeft_bench.runs.session import RunSession
-from mtpeft_bench.runs.setup import check_writable, pick_device, prepare, resolve_config, run_hash
-from mtpeft_bench.runs.summary import LOG, start_lines
+from mtpeft_bench.running.build import build_training, seed_everything
+from mtpeft_bench.running.folders import runs_root
+from mtpeft_bench.running.record import build_record, global_rate, write_result
+from mtpeft_bench.running.session import RunSession
+from mtpeft_bench.running.setup import check_writable, pick_device, prepare, resolve_config, run_hash
+from mtpeft_bench.running.summary import LOG, start_lines
 
 
 @dataclass
@@ -48,7 +48,7 @@ def run(cfg: RunConfig | None = None, /, *, resume: bool | str | None = None, **
     **overrides)`` (keyword overrides use the same keys as ``--set``; without ``preset``, the
     dataset's default preset, as on the command line). Under ``torchrun`` every process calls it;
     rank 0 writes. ``resume``: None (a new run), True (continue this configuration: resume its
-    newest interrupted run, or return its completed record, or start one) or a run id (runs/resume.py).
+    newest interrupted run, or return its completed record, or start one) or a run id (running/resume.py).
 
     Raises:
         UserError: bad input, found before training where possible.

@@ -1,10 +1,10 @@
 """Sweeps: a grid of runs (datasets × methods × seeds, one shared recipe), run one after another in
 this process, or printed as one ``torchrun`` command per run for a cluster scheduler.
 
-Every grid point is resolved exactly as ``mtbench run`` would resolve it (runs/setup.py
+Every grid point is resolved exactly as ``mtbench run`` would resolve it (running/setup.py
 ``resolve_config``), and identified by its ``config_hash`` (``run_hash``). A point whose completed
 result (same hash) is in the results folder is skipped; a point with an interrupted run in the runs
-folder is resumed from its checkpoint; the rest start (the decision of runs/resume.py, as for one run). Re-running a finished sweep therefore does no work, and re-running an
+folder is resumed from its checkpoint; the rest start (the decision of running/resume.py, as for one run). Re-running a finished sweep therefore does no work, and re-running an
 interrupted one continues where it stopped. A run that fails (divergence, out of memory) is
 reported and the sweep goes on; Ctrl-C stops the sweep after the current run saved its checkpoint.
 """
@@ -43,7 +43,7 @@ class SweepResult:
 def expand(datasets: Sequence[str], methods: Sequence[str], seeds: Sequence[int], preset: str | None,
            options: Mapping[str, Any], sets: Mapping[str, Any], world_size: int = 1) -> list[GridPoint]:
     """Resolve every grid point (all bad input is found here, before anything runs)."""
-    from mtpeft_bench.runs.setup import prepare, resolve_config, run_hash
+    from mtpeft_bench.running.setup import prepare, resolve_config, run_hash
 
     points = []
     for dataset in datasets:
@@ -58,8 +58,8 @@ def classify(points: Sequence[GridPoint]) -> None:
     """Set each point's ``state``: ``done`` (a completed result with its hash exists), ``resume`` (an
     interrupted run with its hash can be resumed) or ``new``; and its ``detail`` (the run id, and
     where a run to resume stands)."""
-    from mtpeft_bench.runs.folders import runs_root
-    from mtpeft_bench.runs.resume import decide, read_results
+    from mtpeft_bench.running.folders import runs_root
+    from mtpeft_bench.running.resume import decide, read_results
 
     records: dict[Path, list[dict[str, Any]]] = {}
     for point in points:
@@ -79,11 +79,11 @@ def run_grid(points: Sequence[GridPoint], echo: Callable[[str], None],
     """Run the points that are not done, one after another; failures are collected, not raised.
 
     ``echo`` reports the sweep's progress; ``show`` receives each completed run's
-    :class:`~mtpeft_bench.runs.pipeline.RunResult` (``mtbench sweep`` prints its summary).
+    :class:`~mtpeft_bench.running.pipeline.RunResult` (``mtbench sweep`` prints its summary).
     """
     import gc
 
-    from mtpeft_bench.runs.pipeline import run
+    from mtpeft_bench.running.pipeline import run
     from mtpeft_bench.train.failures import RunFailed
 
     result = SweepResult()
