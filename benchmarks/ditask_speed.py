@@ -90,7 +90,7 @@ def build_variant(name: str, specs, size: int, device: torch.device, amp: bool,
     """A ``Trainer`` for one variant (random weights: the cost does not depend on them)."""
     from mtpeft_bench.model.backbone import create_backbone
     from mtpeft_bench.model.encoder import MultiTaskSwinEncoder
-    from mtpeft_bench.engine import Schedule, Trainer
+    from mtpeft_bench.train import Schedule, Trainer
     from mtpeft_bench.methods.base import freeze
     from mtpeft_bench.model.multitask import MultiTaskModel, build_model, task_outputs_of
     from mtpeft_bench.registry import get_method

@@ -2,7 +2,8 @@
 
 The public Python API (imported lazily, so ``import mtpeft_bench`` does not import torch):
 
-- :func:`run` — train and evaluate one method on one dataset, return the result record.
+- :func:`run` — train and evaluate one method on one dataset, return the result record (a thin
+  wrapper of :func:`mtpeft_bench.running.pipeline.run`, which returns a ``RunResult``).
 - :func:`load_results` — every result JSON under a folder as a ``pandas.DataFrame``;
   :func:`load_history` — their per-epoch training curves, one row per run and epoch.
 - :data:`method_registry`, :data:`dataset_registry`, :func:`register_method`,
@@ -19,7 +20,6 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "run": "mtpeft_bench.runner",
     "RunConfig": "mtpeft_bench.config",
     "load_results": "mtpeft_bench.results",
     "load_history": "mtpeft_bench.results",
@@ -33,7 +33,20 @@ _LAZY = {
     "UserError": "mtpeft_bench.errors",
 }
 
-__all__ = ["__version__", *_LAZY]
+__all__ = ["__version__", "run", *_LAZY]
+
+
+def run(cfg: Any = None, /, *, resume: bool | str | None = None, **options: Any) -> dict[str, Any]:
+    """Train and evaluate one method on one dataset; write the result record and return it.
+
+    A thin wrapper of :func:`mtpeft_bench.running.pipeline.run` (same arguments) that returns its
+    ``RunResult.record``: the record written, the earlier record when ``resume=True`` found the
+    configuration done, ``{}`` on processes other than rank 0. Nothing is printed; progress goes
+    to the ``mtpeft_bench`` logger at INFO.
+    """
+    from mtpeft_bench.running.pipeline import run as run_pipeline
+
+    return run_pipeline(cfg, resume=resume, **options).record
 
 
 def __getattr__(name: str) -> Any:

@@ -2,7 +2,7 @@
 
 Both models are built on the same backbone, image size, batch and tasks, with random weights and
 random inputs and targets (cost does not depend on the values). Timing uses the code the runs
-use: the training loop's :class:`~mtpeft_bench.engine.Trainer` (its ``train_step`` and
+use: the training loop's :class:`~mtpeft_bench.train.Trainer` (its ``train_step`` and
 :class:`~mtpeft_bench.measure.Throughput`: forward, loss, backward, clipping and the AdamW step) and
 :func:`~mtpeft_bench.measure.profile_inference`-style timing of forwards. The models take turns
 step by step in alternating order (a, b, b, a, ...), so a busy phase of a shared machine slows
@@ -64,7 +64,7 @@ def _build(name: str, specs, setup: BenchSetup, options: Mapping[str, Any], devi
 
 
 def _trainer(model, specs, device, setup: BenchSetup):
-    from mtpeft_bench.engine import Schedule, Trainer
+    from mtpeft_bench.train import Schedule, Trainer
 
     total = setup.warmup + setup.steps
     schedule = Schedule(lr=1e-4, warmup_lr=1e-4, min_lr=1e-4, total_steps=total, warmup_steps=0)
@@ -100,9 +100,9 @@ def run_bench(setup: BenchSetup) -> dict[str, Any]:
         ``trainable_params``, ``peak_train_memory_mb`` (CUDA only); a merged form of the method
         adds the row ``<method> (merged)`` for the inference metrics.
     """
-    from mtpeft_bench.engine import _autocast
+    from mtpeft_bench.train import autocast as _autocast  # aliased: a local variable below is named autocast
     from mtpeft_bench.registry import get_dataset
-    from mtpeft_bench.runner import pick_device
+    from mtpeft_bench.running.setup import pick_device
 
     device = pick_device(setup.device)
     specs = get_dataset(setup.dataset)().task_specs(setup.tasks)

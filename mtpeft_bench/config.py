@@ -7,7 +7,7 @@ plugins' ``Config`` dataclasses and are set with ``--set method.<key>=<value>`` 
 Presets:
 
 - ``smoke``: a micro Swin at 64 px with mtbench's built-in pretrained weights (``--weights
-  builtin``, :mod:`mtpeft_bench.builtin_weights`), a few hundred steps: a check that everything
+  builtin``, :mod:`mtpeft_bench.pretraining.weights`), a few hundred steps: a check that everything
   runs end to end (under 2 minutes on 2 CPU cores), not a result.
 - ``cpu``: a run worth reading on a CPU: the mini Swin (``swin_mini``) with its built-in
   pretrained weights at the dataset's native size on ``synth``; works offline.
@@ -107,9 +107,13 @@ PRESET_HELP = {
     "paper": "the published recipe: Swin-T, 448 px, 300 epochs, batch 32, AdamW 5e-4×batch/512",
 }
 
-# Fields that do not change what a run computes: left out of the config hash.
-_NOT_HASHED = {"out", "tag", "data_root", "device", "num_workers", "progress", "checkpoint_every", "runs_dir",
-               "measure_repeats", "measure_warmup"}
+# Settings that are not part of a run's identity: they do not change what training computes (where
+# it reads and writes, how it reports, how it measures afterwards). They are left out of the
+# configuration hash, may change between the sessions of one resumed run, and are not named when
+# a resumed run's configuration is compared with the new one (running/resume.py). Changing this set
+# changes every configuration hash: old runs would no longer resume or be skipped as completed.
+NOT_IDENTITY = frozenset({"out", "tag", "data_root", "device", "num_workers", "progress", "checkpoint_every",
+                          "runs_dir", "measure_repeats", "measure_warmup"})
 
 
 def _field_types() -> dict[str, Any]:
@@ -148,7 +152,7 @@ def parse_sets(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def _coerce(name: str, value: Any, annotation: str) -> Any:
+def coerce_value(name: str, value: Any, annotation: str) -> Any:
     """Convert ``value`` to the type of field ``name`` (annotated ``annotation``)."""
     if name == "image_size":
         if value is None:
@@ -214,7 +218,7 @@ def apply_overrides(cfg: RunConfig, overrides: Mapping[str, Any]) -> RunConfig:
             except (TypeError, ValueError):
                 raise UserError(f"loss weight of {rest} must be a number, got {value!r}") from None
         elif key in fields and key not in ("method_options", "data_options", "loss_weights"):
-            setattr(cfg, key, _coerce(key, value, str(fields[key].type)))
+            setattr(cfg, key, coerce_value(key, value, str(fields[key].type)))
         else:
             import difflib
 
@@ -290,7 +294,7 @@ def validate(cfg: RunConfig) -> None:
 
 def config_hash(cfg: RunConfig, extra: Mapping[str, Any] | None = None) -> str:
     """A short hash of everything that changes what a run computes (not where it writes)."""
-    data = {k: v for k, v in cfg.to_dict().items() if k not in _NOT_HASHED}
+    data = {k: v for k, v in cfg.to_dict().items() if k not in NOT_IDENTITY}
     if extra:
         data["extra"] = extra
     blob = json.dumps(data, sort_keys=True, default=str).encode()

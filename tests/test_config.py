@@ -66,3 +66,36 @@ def test_config_hash_ignores_output_location():
     a, b = RunConfig(), RunConfig(out="elsewhere", tag="x", num_workers=0)
     assert config_hash(a) == config_hash(b)
     assert config_hash(a) != config_hash(RunConfig(seed=1))
+
+
+class _Resolved(Exception):
+    """Raised right after a run's configuration is resolved; carries it (nothing else runs)."""
+
+
+@pytest.mark.parametrize("api_options, cli_args", [
+    (dict(method="full", dataset="synth"), ["--method", "full", "--dataset", "synth"]),
+    (dict(method="full"), ["--method", "full"]),
+    (dict(method="decoder_only", dataset="synth", seed=2, epochs=4, preset="smoke"),
+     ["--method", "decoder_only", "--dataset", "synth", "--seed", "2", "--epochs", "4", "--preset", "smoke"]),
+])
+def test_python_api_and_cli_resolve_the_same_configuration(api_options, cli_args, monkeypatch):
+    """``mtpeft_bench.run(...)`` and ``mtbench run ...`` resolve the same inputs alike: without a
+    preset both take the dataset's default one (``cpu`` for synth), not ``paper``."""
+    import mtpeft_bench
+    import mtpeft_bench.config as config
+    from mtpeft_bench.cli import main
+
+    check = config.validate
+
+    def stop(cfg):
+        check(cfg)
+        raise _Resolved(cfg)
+
+    monkeypatch.setattr(config, "validate", stop)
+    with pytest.raises(_Resolved) as through_api:
+        mtpeft_bench.run(**api_options)
+    with pytest.raises(_Resolved) as through_cli:
+        main(["run", *cli_args])
+    api_cfg, cli_cfg = through_api.value.args[0], through_cli.value.args[0]
+    assert api_cfg == cli_cfg
+    assert api_cfg.preset == api_options.get("preset", "cpu")

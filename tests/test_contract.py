@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from helpers import load_example_plugin, micro_backbone
-from mtpeft_bench.engine import Schedule, Trainer
+from mtpeft_bench.train import Schedule, Trainer
 from mtpeft_bench.measure import parameter_groups, parameter_summary
 from mtpeft_bench.model.multitask import build_model, task_outputs_of
 from mtpeft_bench.registry import get_dataset, get_method, method_registry

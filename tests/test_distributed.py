@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mtpeft_bench.distributed import PerSampleSeed, ShardSampler, mix_seed
+from mtpeft_bench.train.distributed import PerSampleSeed, ShardSampler, mix_seed
 
 
 REPO = Path(__file__).resolve().parent.parent
@@ -105,10 +105,9 @@ WORKER = textwrap.dedent('''
     import torch.distributed as dist
     from safetensors.torch import load_file
 
-    from mtpeft_bench import distributed
-    from mtpeft_bench.engine import evaluate
     from mtpeft_bench.metrics import build_meter
-    from mtpeft_bench.runner import pick_device
+    from mtpeft_bench.running.setup import pick_device
+    from mtpeft_bench.train import distributed, evaluate
 
     torch.set_num_threads(1)
     args = json.loads(sys.argv[1])
@@ -253,7 +252,7 @@ def test_two_gloo_processes(tmp_path, cache_dir):
     ``find_unused_parameters``, and fails without it (so the attribute is what makes it work)."""
     from safetensors.torch import save_file
 
-    from mtpeft_bench.engine import evaluate
+    from mtpeft_bench.train import evaluate
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -434,8 +433,8 @@ def test_shards_smaller_than_a_batch_are_refused(tmp_path, monkeypatch, capsys):
     """8 processes over 8 training images with batch 4 would train nothing; said before training."""
     from dataclasses import dataclass
 
-    from mtpeft_bench import distributed
     from mtpeft_bench.cli import main
+    from mtpeft_bench.train import distributed
 
     @dataclass(frozen=True)
     class EightProcesses(distributed.DistContext):  # rank 0 of 8, without a process group

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from helpers import run_cli
-from mtpeft_bench.engine import Trainer
+from mtpeft_bench.train import Trainer
 
 
 TINY = ["run", "--method", "full", "--preset", "smoke", "--tasks", "semseg,depth", "--set", "data.num_train=8",
@@ -48,7 +48,7 @@ def call_at_step(monkeypatch, step, action):
 
 
 def test_nan_loss_stops_naming_the_task_and_keeps_the_last_checkpoint(capsys, tmp_path, monkeypatch):
-    import mtpeft_bench.engine as engine
+    import mtpeft_bench.train.trainer as engine
 
     original = engine.compute_losses
     state = {"calls": 0}
@@ -72,7 +72,7 @@ def test_nan_loss_stops_naming_the_task_and_keeps_the_last_checkpoint(capsys, tm
     folder, run_state = only_run(runs_dir)
     assert run_state["status"] == "failed" and "depth" in run_state["message"]
     # The checkpoint is the last good one: written at the end of epoch 1, before the bad step.
-    from mtpeft_bench.checkpoint import load_checkpoint
+    from mtpeft_bench.train.checkpoint import load_checkpoint
 
     checkpoint = load_checkpoint(folder / "last.safetensors")
     assert (checkpoint.epoch, checkpoint.step_in_epoch) == (2, 0)
@@ -155,10 +155,10 @@ def test_ctrl_c_saves_a_checkpoint_marks_cancelled_and_resume_equals_uninterrupt
 
 
 def test_signal_handler_grace_then_hard_interrupt(monkeypatch):
-    from mtpeft_bench.failures import StopOnSignal
+    from mtpeft_bench.train.failures import StopOnSignal
 
     clock = {"now": 100.0}
-    monkeypatch.setattr("mtpeft_bench.failures.time.monotonic", lambda: clock["now"])
+    monkeypatch.setattr("mtpeft_bench.train.failures.time.monotonic", lambda: clock["now"])
     stop = StopOnSignal(grace_s=3.0, announce=False)
     with stop:
         assert signal.getsignal(signal.SIGINT) == stop._handle
@@ -182,7 +182,7 @@ def test_second_ctrl_c_interrupts_at_once_keeping_the_periodic_checkpoint(capsys
     assert code == 130 and "interrupted" in err
     folder, run_state = only_run(tmp_path / "runs")
     assert run_state["status"] == "cancelled"
-    from mtpeft_bench.checkpoint import load_checkpoint
+    from mtpeft_bench.train.checkpoint import load_checkpoint
 
     assert load_checkpoint(folder / "last.safetensors").epoch == 2  # the end of epoch 1
     assert not leftovers(tmp_path)

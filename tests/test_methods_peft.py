@@ -9,7 +9,7 @@ import torch
 
 from helpers import micro_backbone
 from helpers.baseline import SUM_BC, swin_t_model, trainable
-from mtpeft_bench.engine import Schedule, Trainer
+from mtpeft_bench.train import Schedule, Trainer
 from mtpeft_bench.errors import UserError
 from mtpeft_bench.model.multitask import build_model, task_outputs_of
 from mtpeft_bench.registry import get_dataset, get_method, method_registry

@@ -15,23 +15,21 @@ import numpy as np
 import pytest
 import torch
 
-from mtpeft_bench.checkpoint import (
-    RunDir,
+from mtpeft_bench.errors import UserError
+from mtpeft_bench.running.folders import RunDir, find_run_to_resume, new_run_state
+from mtpeft_bench.train.checkpoint import (
     capture_rng,
-    find_run_to_resume,
     load_checkpoint,
-    new_run_state,
     restore_model,
     restore_optimization,
     restore_rng,
     save_checkpoint,
 )
-from mtpeft_bench.errors import UserError
 from helpers import PicklePayload
 
 
 def small_training_state(seed: int):
-    from mtpeft_bench.engine import Schedule, make_optimizer
+    from mtpeft_bench.train import Schedule, make_optimizer
 
     torch.manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4), torch.nn.Conv2d(4, 2, 1))
@@ -131,7 +129,7 @@ def test_malicious_pickle_checkpoint_is_refused(tmp_path, capsys):
             "--set", "data.num_val=4", "--batch-size", "4", "--epochs", "1", "--no-progress",
             "--out", str(tmp_path / "results")]
     from mtpeft_bench.config import parse_sets, resolve
-    from mtpeft_bench.runner import prepare, run_hash
+    from mtpeft_bench.running.setup import prepare, run_hash
 
     cfg = resolve("smoke", {"method": "full", "tasks": ("semseg",), "batch_size": 4, "epochs": 1, "progress": False,
                             "out": str(tmp_path / "results")}, parse_sets(["data.num_train=8", "data.num_val=4"]))
@@ -166,7 +164,7 @@ class _FakeWorld:
 def test_each_process_resumes_its_own_partial_epoch_and_rng(tmp_path):
     from types import SimpleNamespace
 
-    from mtpeft_bench.session import RunSession
+    from mtpeft_bench.running.session import RunSession
 
     model, optimizer, scheduler, scaler = small_training_state(0)
     trainer = SimpleNamespace(optimizer=optimizer, scheduler=scheduler, scaler=scaler, step=5)
@@ -228,7 +226,7 @@ def test_find_run_to_resume_takes_the_newest_resumable_run_of_the_configuration(
 def resolved_dict(**options):
     """The configuration as the runner stores it in run.json."""
     from mtpeft_bench.config import resolve
-    from mtpeft_bench.runner import prepare
+    from mtpeft_bench.running.setup import prepare
 
     cfg = resolve("smoke", options, {})
     resolved = prepare(cfg)

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from helpers import run_cli
-from mtpeft_bench.engine import Trainer
 from mtpeft_bench.cli.options import parse_seeds
+from mtpeft_bench.train import Trainer
 
 
 GRID = ["sweep", "--methods", "full,decoder_only", "--datasets", "synth", "--seeds", "0,1", "--preset", "smoke",
@@ -48,7 +48,7 @@ def test_sweep_runs_the_grid_once_and_compare_shows_every_run(capsys, tmp_path, 
     def no_work(*args, **kwargs):
         raise AssertionError("a finished sweep must not run again")
 
-    monkeypatch.setattr("mtpeft_bench.runner.run", no_work)
+    monkeypatch.setattr("mtpeft_bench.running.pipeline.run", no_work)
     code, _, err = run_cli([*GRID, "--out", str(out_dir)], capsys)
     assert code == 0, err
     assert "4 completed (skipped), 0 to resume, 0 to start" in err
@@ -94,8 +94,8 @@ def test_sweep_resumes_an_interrupted_run_and_survives_a_failing_one(capsys, tmp
 
     # Next pass, with a second seed whose loss diverges: the first run resumes, the second fails and is
     # reported, the sweep finishes and exits 1.
-    import mtpeft_bench.engine as engine
-    import mtpeft_bench.runner as runner
+    import mtpeft_bench.running.pipeline as runner
+    import mtpeft_bench.train.trainer as engine
 
     current = {}
     original_seeding, original_losses = runner.seed_everything, engine.compute_losses

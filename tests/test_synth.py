@@ -349,7 +349,7 @@ def test_default_cache_folder_follows_mtbench_cache(tmp_path, monkeypatch):
 def test_mtbench_data_meant_for_real_datasets_is_not_used_by_synth(tmp_path, monkeypatch):
     """$MTBENCH_DATA locates real datasets; a run on synth must not write into it."""
     from mtpeft_bench.config import resolve
-    from mtpeft_bench.runner import prepare
+    from mtpeft_bench.running.setup import prepare
 
     data = tmp_path / "datasets"
     (data / "NYUD_MT").mkdir(parents=True)

@@ -102,7 +102,7 @@ def verify(dataset, data_root, splits, strict, no_progress, sets):
 @click.option("--set", "sets", multiple=True, metavar="data.KEY=VALUE", help="Dataset options.")
 def show(dataset, out, count, split, tasks, data_root, sets):
     """Draw a few samples with every task map into a PNG."""
-    from mtpeft_bench.tasks.roots import default_data_root
+    from mtpeft_bench.running.setup import data_root_for
     from mtpeft_bench.viz import draw_samples
 
     plugin = _plugin(dataset, sets, "data show")
@@ -112,7 +112,6 @@ def show(dataset, out, count, split, tasks, data_root, sets):
         raise UserError("--n must be positive")
     names = split_list(tasks) or tuple(plugin.tasks)
     specs = plugin.task_specs(names)
-    # $MTBENCH_DATA locates real datasets; a generated one only honours an explicit --data-root.
-    root = _data_root(data_root) or (default_data_root() if plugin.requires_root else None)
+    root = data_root_for(plugin, data_root)  # --data-root, else $MTBENCH_DATA for a dataset on disk
     path = draw_samples(plugin, specs, plugin.resolve_root(root), count, Path(out), split=split)
     click.echo(f"wrote {path}")

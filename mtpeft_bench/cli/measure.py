@@ -30,7 +30,7 @@ def params(method, dataset, as_json, **options):
     from mtpeft_bench.model.backbone import create_backbone
     from mtpeft_bench.measure import parameter_groups, parameter_summary
     from mtpeft_bench.model.multitask import build_model, task_outputs_of
-    from mtpeft_bench.runner import prepare
+    from mtpeft_bench.running.setup import prepare
 
     resolved = prepare(cfg)
     backbone_model, _ = create_backbone(cfg.backbone, resolved.image_size, "none", cfg.drop_path)
@@ -80,10 +80,10 @@ Examples:
 def bench(method, baseline, dataset, tasks, backbone, image_size, batch_size, steps, warmup, device, amp, sets,
           as_json):
     """Time one method's training step and inference beside `full`, printed as ratios."""
-    from mtpeft_bench.config import _coerce, parse_value
+    from mtpeft_bench.config import coerce_value, parse_value
 
     method_options = prefixed_settings(sets, "method", "bench")
-    size = _coerce("image_size", parse_value(image_size), "")
+    size = coerce_value("image_size", parse_value(image_size), "")
     if min(size) < 32:
         raise UserError(f"--image-size must be at least 32 px per side, got {image_size}")
     for name, value, low in (("--batch-size", batch_size, 1), ("--steps", steps, 1), ("--warmup", warmup, 0)):

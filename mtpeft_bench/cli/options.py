@@ -116,12 +116,11 @@ def resolve_config(dataset: str, options: Mapping[str, Any], **fields: Any) -> R
     Raises:
         UserError: an unknown dataset, preset or setting, or a value no run can use.
     """
-    from mtpeft_bench.config import parse_sets, resolve
-    from mtpeft_bench.registry import get_dataset
+    from mtpeft_bench.config import parse_sets
+    from mtpeft_bench.running.setup import resolve_config as resolve_run_config  # the one resolution of every entry point
 
-    default_preset = getattr(get_dataset(dataset), "default_preset", "paper")
-    return resolve(options.get("preset"), {"dataset": dataset, **fields, **config_fields(options)},
-                   parse_sets(options.get("sets", ())), default_preset=default_preset)
+    return resolve_run_config(options.get("preset"), {"dataset": dataset, **fields, **config_fields(options)},
+                              parse_sets(options.get("sets", ())))
 
 
 def command_line(options: Mapping[str, Any]) -> list[str]:

@@ -35,10 +35,12 @@ def run(method, dataset, seed, resume, **options):
     process; the LR follows the global batch); rank 0 writes the result and the checkpoints.
     """
     cfg = resolve_config(dataset, options, method=method, seed=seed)
-    from mtpeft_bench.failures import RunFailed
-    from mtpeft_bench.runner import run as run_one
+    from mtpeft_bench.running.pipeline import run as run_one
+    from mtpeft_bench.running.summary import log_to_stderr, print_summary
+    from mtpeft_bench.train.failures import RunFailed
 
+    log_to_stderr()
     try:
-        run_one(cfg, resume=True if resume == "latest" else resume)
+        print_summary(run_one(cfg, resume=True if resume == "latest" else resume))
     except RunFailed as exc:
         raise click.ClickException(str(exc)) from None

@@ -39,7 +39,8 @@ def sweep(methods, datasets, seeds, print_commands, nproc_per_node, nnodes, **op
     re-issue one after a preemption).
     """
     from mtpeft_bench.config import parse_sets
-    from mtpeft_bench.sweep import classify, expand, run_grid, torchrun_command
+    from mtpeft_bench.running.summary import log_to_stderr, print_summary
+    from mtpeft_bench.running.sweep import classify, expand, run_grid, torchrun_command
 
     if nproc_per_node < 1 or nnodes < 1:
         raise UserError("--nproc-per-node and --nnodes must be at least 1")
@@ -47,7 +48,7 @@ def sweep(methods, datasets, seeds, print_commands, nproc_per_node, nnodes, **op
         raise UserError("--nproc-per-node/--nnodes only shape the printed commands; add --print-commands "
                         "(or start the sweep itself under torchrun)")
     fields, sets = config_fields(options), parse_sets(options["sets"])
-    from mtpeft_bench.distributed import env_world_size
+    from mtpeft_bench.train.distributed import env_world_size
 
     world = nproc_per_node * nnodes if print_commands else env_world_size()
     points = expand(parse_list(datasets, "datasets"), parse_list(methods, "methods"), parse_seeds(seeds),
@@ -73,7 +74,8 @@ def sweep(methods, datasets, seeds, print_commands, nproc_per_node, nnodes, **op
                 click.echo(torchrun_command(point, run_args, nproc_per_node, nnodes))
         return
 
-    result = run_grid(points, echo)
+    log_to_stderr()
+    result = run_grid(points, echo, show=print_summary)
     echo(f"sweep: {len(result.completed)} completed, {len(result.skipped)} skipped, {len(result.failed)} failed")
     if result.failed:
         names = ", ".join(name for name, _ in result.failed)

@@ -1,6 +1,6 @@
 """Files of a pretraining run: the resumable checkpoint and the exported backbone.
 
-The checkpoint keeps its own format, not the run checkpoints' of :mod:`mtpeft_bench.checkpoint`:
+The checkpoint keeps its own format, not the run checkpoints' of :mod:`mtpeft_bench.train.checkpoint`:
 a folder ``NAME.ckpt/`` with ``state.json`` (step, configuration, loss history) and
 ``state.safetensors`` (tensors ``model.<name>`` and ``optim.<index>.<key>``, metadata ``step``).
 Run checkpoints are one file with ``model/``-prefixed names, RNG states and a format version;

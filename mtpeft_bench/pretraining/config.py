@@ -36,7 +36,7 @@ class PretrainConfig:
         steps: optimizer steps.
         batch_size: images per step.
         lr, min_lr, warmup_steps: AdamW peak LR, cosine floor, linear warm-up from ``lr / 100``
-            (the benchmark's schedule, :func:`mtpeft_bench.engine.make_optimizer`, stepped per step).
+            (the benchmark's schedule, :func:`mtpeft_bench.train.make_optimizer`, stepped per step).
         weight_decay, clip_grad: as in the benchmark's recipe (0.05, 5).
         mask_ratio, mask_patch: share and size (px) of the masked squares (SimMIM: 0.6); 0 turns
             masked-image modelling off (the default: see the module docstring).

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mtpeft_bench.engine import Schedule, make_optimizer
+from mtpeft_bench.train import Schedule, make_optimizer
 from mtpeft_bench.errors import UserError
 from mtpeft_bench.pretraining.batches import CorpusBatches
 from mtpeft_bench.pretraining.checkpoint import export_backbone, load_checkpoint, paths_for, save_checkpoint

@@ -1,7 +1,7 @@
 """The life cycle of one run across processes and restarts: which run folder, where to start,
 when to write a checkpoint, and the status the run ends with.
 
-Resuming (``mtbench run ... --resume [RUN_ID]``, ``runner.run(cfg, resume=...)``):
+Resuming (``mtbench run ... --resume [RUN_ID]``, ``run(cfg, resume=...)``):
 
 - ``resume=None``: a new run.
 - ``resume=True``: continue this configuration. If a completed result with the same
@@ -11,9 +11,11 @@ Resuming (``mtbench run ... --resume [RUN_ID]``, ``runner.run(cfg, resume=...)``
   command after a preemption.
 - ``resume="<run_id>"``: resume exactly that run; its configuration must hash the same.
 
+The decision is running/resume.py's (shared with sweeps); this module acts on it.
+
 The checkpoint restores everything training depends on (model, optimizer, scheduler, gradient
 scaler, every process's RNG states, the epoch and the step within it, the history so far), and
-the data order and augmentations are functions of (seed, epoch, sample) (distributed.py), so a
+the data order and augmentations are functions of (seed, epoch, sample) (train/distributed.py), so a
 resumed run on the same machine continues bit for bit as if it had never stopped. RNG states are
 per process; resuming with another number of processes is refused because it changes the global
 batch (and therefore the configuration hash).
@@ -25,45 +27,48 @@ import os
 import secrets
 import socket
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
-from mtpeft_bench.checkpoint import (
+from mtpeft_bench.errors import UserError
+from mtpeft_bench.running.folders import RunDir, new_run_state
+from mtpeft_bench.running.resume import decide
+from mtpeft_bench.train.checkpoint import (
     Checkpoint,
-    RunDir,
     capture_rng,
-    config_difference,
-    find_run_to_resume,
     load_checkpoint,
-    new_run_state,
-    read_run,
     restore_model,
     restore_optimization,
     restore_rng,
-    resumable,
     save_checkpoint,
 )
-from mtpeft_bench.distributed import DistContext, mix_seed
-from mtpeft_bench.errors import UserError
-
-
-# Settings that may change between the sessions of one run (they do not change what is computed).
-_MAY_CHANGE = ("out", "tag", "data_root", "device", "num_workers", "progress", "checkpoint_every", "runs_dir")
-
-
-def find_completed(out: Path, config_hash: str) -> dict[str, Any] | None:
-    """The newest completed result record under ``out`` with ``config_hash``, or None."""
-    from mtpeft_bench.results import read_records
-
-    found = [r for r in read_records(Path(out)) if r.get("status") == "completed" and r.get("config_hash") == config_hash]
-    return max(found, key=lambda r: r.get("created", "")) if found else None
+from mtpeft_bench.train.distributed import DistContext, mix_seed
 
 
 def new_run_id(config_hash: str, seed: int) -> str:
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     return f"{stamp}-{config_hash[:8]}-s{seed}-{secrets.token_hex(2)}"
+
+
+@dataclass
+class SessionPlan:
+    """What this run is, decided on rank 0 and shared with every process.
+
+    Attributes:
+        completed: the result record when ``resume=True`` found the configuration done (nothing runs).
+        run_id, state: the run folder's id and the state it starts with.
+        resume: whether it continues from the folder's checkpoint.
+        root: the run folders' root.
+    """
+
+    completed: dict[str, Any] | None = None
+    run_id: str = ""
+    state: dict[str, Any] | None = None
+    resume: bool = False
+    root: str = ""
 
 
 class RunSession:
@@ -95,73 +100,62 @@ class RunSession:
     def run_id(self) -> str:
         return self.run_dir.run_id
 
+    @property
+    def folder(self) -> Path:
+        return self.run_dir.path
+
+    def has_checkpoint(self) -> bool:
+        return self.run_dir.has_checkpoint()
+
     # -- opening ------------------------------------------------------------------------------------
     @classmethod
-    def plan(cls, ctx: DistContext, cfg: Any, cfg_dict: Mapping[str, Any], config_hash: str, root: Path, out: Path,
-             resume: bool | str | None) -> dict[str, Any]:
-        """Decide (on rank 0, shared with all) what this run is: ``{"completed": record}`` when
-        ``resume=True`` finds the configuration done, else the run id, its state and whether it resumes.
+    def plan(cls, ctx: DistContext, cfg: Any, stored_config: Mapping[str, Any], config_hash: str, root: Path,
+             out: Path, resume: bool | str | None) -> SessionPlan:
+        """Decide (on rank 0, shared with all) what this run is: done already (``resume=True`` and a
+        completed record), a new run, or the run folder it resumes.
 
         Raises:
             UserError: the run to resume does not exist, cannot be resumed, or has another configuration.
         """
-        decision: dict[str, Any] | None = None
+        plan: SessionPlan | None = None
         error: str | None = None
         if ctx.is_main:
             try:
-                decision = cls._decide(cfg, cfg_dict, config_hash, root, out, resume, ctx.world_size)
+                plan = cls._open(cfg, stored_config, config_hash, root, out, resume, ctx.world_size)
             except UserError as exc:
                 error = str(exc)
-        decision, error = ctx.broadcast((decision, error))
+        plan, error = ctx.broadcast((plan, error))
         if error is not None:
             raise UserError(error)
-        assert decision is not None
-        decision["root"] = str(root)
-        return decision
+        assert plan is not None
+        return plan
+
+    @staticmethod
+    def _open(cfg: Any, stored_config: Mapping[str, Any], config_hash: str, root: Path, out: Path,
+              resume: bool | str | None, world_size: int) -> SessionPlan:
+        decision = decide(config_hash, out, root, resume, stored_config=stored_config, world_size=world_size)
+        if decision.kind == "done":
+            return SessionPlan(completed=decision.record, root=str(root))
+        if decision.run is None:
+            run_id = new_run_id(config_hash, cfg.seed)
+            return SessionPlan(run_id=run_id, state=new_run_state(run_id, stored_config, config_hash, world_size),
+                               root=str(root))
+        state = dict(decision.run.state)
+        state.update(status="running", message="", pid=os.getpid(), host=socket.gethostname(),
+                     sessions=int(state.get("sessions", 1)) + 1)
+        return SessionPlan(run_id=decision.run.run_id, state=state, resume=True, root=str(root))
 
     @classmethod
-    def begin(cls, ctx: DistContext, plan: Mapping[str, Any], device: torch.device) -> "RunSession":
+    def begin(cls, ctx: DistContext, plan: SessionPlan, device: torch.device) -> "RunSession":
         """Load the checkpoint (when resuming) and mark the run folder ``running`` for this process."""
-        run_dir = RunDir(Path(plan["root"]) / plan["run_id"], dict(plan["state"]))
-        checkpoint = load_checkpoint(run_dir.checkpoint_path) if plan["resume"] else None
+        run_dir = RunDir(Path(plan.root) / plan.run_id, dict(plan.state or {}))
+        checkpoint = load_checkpoint(run_dir.checkpoint_path) if plan.resume else None
         if ctx.is_main:
             run_dir.path.mkdir(parents=True, exist_ok=True)
             run_dir.clean_temporaries()
             run_dir.update()
         ctx.barrier()
         return cls(ctx, run_dir, checkpoint, device)
-
-    @staticmethod
-    def _decide(cfg: Any, cfg_dict: Mapping[str, Any], config_hash: str, root: Path, out: Path,
-                resume: bool | str | None, world_size: int) -> dict[str, Any]:
-        if resume is True:
-            done = find_completed(out, config_hash)
-            if done is not None:
-                return {"completed": done}
-            found = find_run_to_resume(root, config_hash)
-        elif isinstance(resume, str) and resume:
-            found = read_run(root / resume)
-            if found is None:
-                raise UserError(f"no run '{resume}' under {root}; list the run folders there, or use --resume "
-                                "without an id to continue the newest interrupted run of this configuration")
-            why = resumable(found)
-            if why:
-                raise UserError(f"{why}; cannot resume it")
-            if found.state.get("config_hash") != config_hash:
-                diff = config_difference(found.state.get("config", {}), cfg_dict, ignore=_MAY_CHANGE)
-                if found.state.get("world_size", 1) != world_size:
-                    diff.append(f"processes: {found.state.get('world_size', 1)} → {world_size}")
-                raise UserError(f"run {resume} was started with another configuration ({'; '.join(diff) or 'plugin options'}); "
-                                "resume it with the same settings")
-        else:
-            found = None
-        if found is None:
-            run_id = new_run_id(config_hash, cfg.seed)
-            return {"run_id": run_id, "resume": False, "state": new_run_state(run_id, cfg_dict, config_hash, world_size)}
-        state = dict(found.state)
-        state.update(status="running", message="", pid=os.getpid(), host=socket.gethostname(),
-                     sessions=int(state.get("sessions", 1)) + 1)
-        return {"run_id": found.run_id, "resume": True, "state": state}
 
     # -- restoring ----------------------------------------------------------------------------------
     def restore_model(self, model: torch.nn.Module) -> None:

@@ -6,15 +6,15 @@
   at least ``grace_s`` later, interrupts at once (``KeyboardInterrupt``; the last periodic checkpoint
   is kept). The grace period matters under torchrun, which forwards a signal the workers may also
   have received from the terminal.
-- **NaN / infinite loss** (``engine.TrainingDiverged``) and **CUDA out of memory**: the run is
+- **NaN / infinite loss** (``train.trainer.TrainingDiverged``) and **CUDA out of memory**: the run is
   marked ``failed`` with the message, its last good checkpoint is kept, and :class:`RunFailed`
   carries one line (exit status 1); for out-of-memory the line says what to change.
 """
 
 from __future__ import annotations
 
+import logging
 import signal
-import sys
 import threading
 import time
 from typing import Any
@@ -61,8 +61,10 @@ class StopOnSignal:
             self.first_at = now
             self.signal_name = signal.Signals(signum).name
             if self.announce:
-                print(f"\nmtbench: {self.signal_name} received: stopping after the current step and saving a "
-                      "checkpoint (press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+                # a warning: shown even where logging is not configured (Python's last-resort handler)
+                logging.getLogger("mtpeft_bench").warning(
+                    f"\nmtbench: {self.signal_name} received: stopping after the current step and saving a "
+                    "checkpoint (press Ctrl-C again to stop at once)")
             return
         if self.first_at is not None and now - self.first_at >= self.grace_s:
             raise KeyboardInterrupt

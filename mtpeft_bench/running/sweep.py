@@ -1,10 +1,10 @@
 """Sweeps: a grid of runs (datasets × methods × seeds, one shared recipe), run one after another in
 this process, or printed as one ``torchrun`` command per run for a cluster scheduler.
 
-Every grid point is resolved exactly as ``mtbench run`` would resolve it, and identified by its
-``config_hash`` (runner.run_hash). A point whose completed result (same hash) is in the results
-folder is skipped; a point with an interrupted run in the runs folder is resumed from its
-checkpoint; the rest start. Re-running a finished sweep therefore does no work, and re-running an
+Every grid point is resolved exactly as ``mtbench run`` would resolve it (running/setup.py
+``resolve_config``), and identified by its ``config_hash`` (``run_hash``). A point whose completed
+result (same hash) is in the results folder is skipped; a point with an interrupted run in the runs
+folder is resumed from its checkpoint; the rest start (the decision of running/resume.py, as for one run). Re-running a finished sweep therefore does no work, and re-running an
 interrupted one continues where it stopped. A run that fails (divergence, out of memory) is
 reported and the sweep goes on; Ctrl-C stops the sweep after the current run saved its checkpoint.
 """
@@ -43,54 +43,48 @@ class SweepResult:
 def expand(datasets: Sequence[str], methods: Sequence[str], seeds: Sequence[int], preset: str | None,
            options: Mapping[str, Any], sets: Mapping[str, Any], world_size: int = 1) -> list[GridPoint]:
     """Resolve every grid point (all bad input is found here, before anything runs)."""
-    from mtpeft_bench.config import resolve
-    from mtpeft_bench.registry import get_dataset
-    from mtpeft_bench.runner import prepare, run_hash
+    from mtpeft_bench.running.setup import prepare, resolve_config, run_hash
 
     points = []
     for dataset in datasets:
-        default_preset = getattr(get_dataset(dataset), "default_preset", "paper")
         for method in methods:
             for seed in seeds:
-                cfg = resolve(preset, {**options, "dataset": dataset, "method": method, "seed": seed}, sets,
-                              default_preset=default_preset)
+                cfg = resolve_config(preset, {**options, "dataset": dataset, "method": method, "seed": seed}, sets)
                 points.append(GridPoint(dataset, method, seed, cfg, run_hash(cfg, prepare(cfg), world_size)))
     return points
 
 
 def classify(points: Sequence[GridPoint]) -> None:
     """Set each point's ``state``: ``done`` (a completed result with its hash exists), ``resume`` (an
-    interrupted run with its hash can be resumed) or ``new``."""
-    from mtpeft_bench.checkpoint import find_run_to_resume, runs_root
-    from mtpeft_bench.results import read_records
+    interrupted run with its hash can be resumed) or ``new``; and its ``detail`` (the run id, and
+    where a run to resume stands)."""
+    from mtpeft_bench.running.folders import runs_root
+    from mtpeft_bench.running.resume import decide, read_results
 
     records: dict[Path, list[dict[str, Any]]] = {}
     for point in points:
         out = Path(point.cfg.out).expanduser()
         if out not in records:
-            records[out] = read_records(out) if out.is_dir() else []
-        done = [r for r in records[out] if r.get("status") == "completed" and r.get("config_hash") == point.config_hash]
-        if done:
-            point.state, point.detail = "done", done[-1].get("run_id", "")
-            continue
-        found = find_run_to_resume(runs_root(point.cfg), point.config_hash)
-        if found is not None:
-            point.state = "resume"
-            point.detail = f"{found.run_id} at epoch {found.state.get('epoch')}, step {found.state.get('step_in_epoch')}"
-        else:
-            point.state, point.detail = "new", ""
+            records[out] = read_results(out)
+        decision = decide(point.config_hash, out, runs_root(point.cfg), resume=True, records=records[out])
+        point.state, point.detail = decision.kind, decision.detail
 
 
 def label(point: GridPoint) -> str:
     return f"{point.dataset}/{point.method}/seed {point.seed}"
 
 
-def run_grid(points: Sequence[GridPoint], echo: Callable[[str], None]) -> SweepResult:
-    """Run the points that are not done, one after another; failures are collected, not raised."""
+def run_grid(points: Sequence[GridPoint], echo: Callable[[str], None],
+             show: Callable[[Any], None] = lambda result: None) -> SweepResult:
+    """Run the points that are not done, one after another; failures are collected, not raised.
+
+    ``echo`` reports the sweep's progress; ``show`` receives each completed run's
+    :class:`~mtpeft_bench.running.pipeline.RunResult` (``mtbench sweep`` prints its summary).
+    """
     import gc
 
-    from mtpeft_bench.failures import RunFailed
-    from mtpeft_bench.runner import run
+    from mtpeft_bench.running.pipeline import run
+    from mtpeft_bench.train.failures import RunFailed
 
     result = SweepResult()
     todo = [p for p in points if p.state != "done"]
@@ -102,7 +96,7 @@ def run_grid(points: Sequence[GridPoint], echo: Callable[[str], None]) -> SweepR
         verb = f"resume {point.detail}" if point.state == "resume" else "start"
         echo(f"sweep: [{i}/{len(todo)}] {label(point)}: {verb}")
         try:
-            record = run(point.cfg, resume=True)
+            outcome = run(point.cfg, resume=True)
         except RunFailed as exc:
             result.failed.append((label(point), str(exc)))
             echo(f"sweep: {label(point)} failed: {exc}")
@@ -110,7 +104,8 @@ def run_grid(points: Sequence[GridPoint], echo: Callable[[str], None]) -> SweepR
         finally:
             gc.collect()
             _empty_cuda_cache()
-        result.completed.append(record.get("run_id", ""))
+        show(outcome)
+        result.completed.append(outcome.record.get("run_id", ""))
     return result
 
 

@@ -1,13 +1,12 @@
-"""The one training and evaluation loop, used for every method.
+"""The training step and epoch of every method: one :class:`Trainer` owns a run's optimisation state.
 
-AdamW (weight decay 0.05 except on 1-D parameters and biases, as in the Swin/MTLoRA code), LR
-linearly scaled by global batch / 512, timm's per-iteration cosine schedule after a linear
-warm-up prefix, gradient-norm clipping, AMP on CUDA, streaming evaluation. PROTOCOL.md 4.4.
+Gradient-norm clipping, AMP on CUDA (a gradient scaler for float16), the weighted multi-task loss
+plus a method's extra loss, and a per-step agreement between processes on stopping and on
+non-finite losses. The optimizer and schedule are :mod:`~mtpeft_bench.train.optim`'s.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -17,74 +16,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mtpeft_bench.losses import compute_losses
-from mtpeft_bench.measure import Throughput, peak_memory_mb, reset_peak_memory
-from mtpeft_bench.metrics import build_meter, resize_prediction
+from mtpeft_bench.measure import Throughput
+from mtpeft_bench.train.device import autocast, to_device
+from mtpeft_bench.train.optim import Schedule, make_optimizer
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
-
-
-def param_groups_for_optimizer(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """Trainable parameters split into decayed and not decayed.
-
-    No decay for 1-D parameters (norms, biases, ...) and anything named ``*.bias``; 2-D tensors
-    such as the relative-position bias tables and DiTASK's θ are decayed, as in the reference code
-    (PROTOCOL.md 4.4, DITASK.md 4.4).
-    """
-    decay, no_decay = [], []
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        (no_decay if param.ndim <= 1 or name.endswith(".bias") else decay).append(param)
-    groups = []
-    if decay:
-        groups.append({"params": decay, "weight_decay": weight_decay})
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
-
-
-@dataclass
-class Schedule:
-    """The learning-rate plan of a run, already scaled by the batch."""
-
-    lr: float
-    warmup_lr: float
-    min_lr: float
-    total_steps: int
-    warmup_steps: int
-
-
-def make_optimizer(model: nn.Module, schedule: Schedule, weight_decay: float):
-    """AdamW(β=(0.9, 0.999), eps=1e-8) and timm's ``CosineLRScheduler`` stepped per iteration."""
-    from timm.scheduler import CosineLRScheduler
-
-    groups = param_groups_for_optimizer(model, weight_decay)
-    if not groups:
-        raise ValueError("the model has no trainable parameter")
-    optimizer = torch.optim.AdamW(groups, lr=schedule.lr, betas=(0.9, 0.999), eps=1e-8)
-    scheduler = CosineLRScheduler(
-        optimizer,
-        t_initial=max(1, schedule.total_steps - schedule.warmup_steps),
-        lr_min=schedule.min_lr,
-        warmup_lr_init=schedule.warmup_lr,
-        warmup_t=schedule.warmup_steps,
-        warmup_prefix=True,
-        cycle_limit=1,
-        t_in_epochs=False,
-    )
-    return optimizer, scheduler
-
-
-def _to_device(batch: Mapping[str, Any], tasks: Sequence[str], device: torch.device):
-    images = batch["image"].to(device, non_blocking=True)
-    targets = {t: batch[t].to(device, non_blocking=True) for t in tasks}
-    return images, targets
-
-
-def _autocast(device: torch.device, enabled: bool, dtype: str):
-    return torch.autocast(device_type=device.type, dtype=getattr(torch, dtype), enabled=enabled and device.type == "cuda")
 
 
 @dataclass
@@ -135,7 +73,6 @@ class Trainer:
     loss_weights: Mapping[str, float] = field(default_factory=dict)
     progress: bool = True
     step: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
     agree: Callable[[Sequence[bool]], list[bool]] | None = None
     stop_requested: Callable[[], bool] | None = None
     stopping: bool = False  # every process agreed to stop after the current step
@@ -165,7 +102,7 @@ class Trainer:
     def train_step(self, images: torch.Tensor, targets: dict[str, torch.Tensor]) -> tuple[float, dict[str, float]]:
         """One optimisation step; returns the loss and the per-task (unweighted) losses."""
         with self.train_throughput.time(images.shape[0]):
-            with _autocast(self.device, self.amp, self.amp_dtype):
+            with autocast(self.device, self.amp, self.amp_dtype):
                 outputs = self.model(images)
             total, per_task = self._loss(outputs, targets)
             self.stopping = self._check(total, per_task)
@@ -216,7 +153,7 @@ class Trainer:
         for batch in bar:
             if limit is not None and steps >= limit:
                 break
-            images, targets = _to_device(batch, self.tasks, self.device)
+            images, targets = to_device(batch, self.tasks, self.device)
             loss, losses = self.train_step(images, targets)
             total += loss
             for t, v in losses.items():
@@ -237,55 +174,3 @@ class Trainer:
 
     def current_lr(self) -> float:
         return max(group["lr"] for group in self.optimizer.param_groups)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable, task_specs: Sequence[Any], device: torch.device,
-             amp: bool = False, amp_dtype: str = "float16", limit: int | None = None, progress: bool = True,
-             reduce: Callable[[Any], None] | None = None, skip_expensive: bool = False
-             ) -> tuple[dict[str, dict[str, float]], Throughput]:
-    """Run the model over ``loader`` and return ``{task: {metric: value}}`` and the inference timing.
-
-    The meters stream (no prediction is kept); ``reduce(meter)`` (e.g. a DDP all-reduce) runs on
-    every meter before ``compute()``; ``skip_expensive`` leaves out metrics such as odsF (periodic
-    evaluations during training). A prediction whose size differs from its target's (a dataset
-    that evaluates at the original image size) is resized to the target by
-    :func:`~mtpeft_bench.metrics.resize_prediction` first.
-    """
-    model.eval()
-    meters = {s.name: build_meter(s, skip_expensive=skip_expensive) for s in task_specs}
-    kinds = {s.name: s.kind for s in task_specs}
-    tasks = list(meters)
-    timing = Throughput(device, warmup=2)
-    n_batches = len(loader) if hasattr(loader, "__len__") else None
-    if limit is not None and n_batches is not None:
-        n_batches = min(n_batches, limit)
-    bar = tqdm(loader, total=n_batches, desc="eval", disable=not progress, leave=False, dynamic_ncols=True,
-               unit="batch")
-    for i, batch in enumerate(bar):
-        if limit is not None and i >= limit:
-            break
-        images, targets = _to_device(batch, tasks, device)
-        with timing.time(images.shape[0]):
-            with _autocast(device, amp, amp_dtype):
-                outputs = model(images)
-        for t in tasks:
-            pred = outputs[t].float()
-            if pred.shape[-2:] != targets[t].shape[-2:]:
-                pred = resize_prediction(pred, tuple(targets[t].shape[-2:]), kinds[t])
-            meters[t].update(pred, targets[t])
-    bar.close()
-    results = {}
-    for t, meter in meters.items():
-        if reduce is not None:
-            reduce(meter)
-        results[t] = {k: float(v) for k, v in meter.compute().items()}
-    return results, timing
-
-
-def is_finite_metrics(metrics: Mapping[str, Mapping[str, float]]) -> bool:
-    return all(math.isfinite(v) for m in metrics.values() for v in m.values())
-
-
-__all__ = ["Trainer", "Schedule", "evaluate", "TrainingDiverged", "param_groups_for_optimizer",
-           "peak_memory_mb", "reset_peak_memory"]

@@ -1,29 +1,73 @@
 """The epochs of one run (or of its rest, when resumed): train, evaluate periodically, write
 checkpoints, and end cleanly when stopped (Ctrl-C/SIGTERM), when the loss diverges or when memory
-runs out (failures.py). The runner builds everything; the engine takes the steps.
+runs out (failures.py). The run pipeline builds everything; the :class:`~mtpeft_bench.train.trainer.Trainer`
+takes the steps; the run session (running/session.py) owns the run folder this loop saves into.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Protocol
 
 import torch
 from torch import nn
 
-from mtpeft_bench.distributed import DistContext, set_epoch
-from mtpeft_bench.engine import EpochStats, Trainer, TrainingDiverged, evaluate
-from mtpeft_bench.failures import RunCancelled, RunFailed, StopOnSignal, is_out_of_memory, oom_advice
 from mtpeft_bench.measure import Throughput, peak_memory_mb, reset_peak_memory
-from mtpeft_bench.session import RunSession
+from mtpeft_bench.train.distributed import DistContext, set_epoch
+from mtpeft_bench.train.evaluation import evaluate
+from mtpeft_bench.train.failures import RunCancelled, RunFailed, StopOnSignal, is_out_of_memory, oom_advice
+from mtpeft_bench.train.trainer import EpochStats, Trainer, TrainingDiverged
 
 
-class EpochLoop:
+class RunRecorder(Protocol):
+    """What the loop needs of the run folder (running/session.py's ``RunSession`` is the one in use)."""
+
+    run_id: str
+    start_epoch: int
+    partial: dict[str, Any] | None
+    history: list[dict[str, Any]]
+    elapsed_before: float
+
+    @property
+    def folder(self) -> Path: ...
+
+    def has_checkpoint(self) -> bool: ...
+
+    def save(self, *, model: nn.Module, trainer: Any, epoch: int, step_in_epoch: int,
+             partial: dict[str, Any] | None, history: list[dict[str, Any]], elapsed_s: float) -> None: ...
+
+    def mark(self, status: str, message: str = "", **fields: Any) -> None: ...
+
+
+@dataclass
+class FitResult:
+    """What a finished fit reports.
+
+    Attributes:
+        metrics: ``{task: {metric: value}}`` of the final evaluation (every metric).
+        inference: the final evaluation's timing.
+        train_peak_mb, peak_mb: peak memory of training, and of training plus the final evaluation.
+        memory_kind: what the peak measures (e.g. CUDA allocated, or process RSS on a CPU).
+        history: one entry per epoch (losses, LR, time, periodic validation; the last one holds
+            the final metrics).
+    """
+
+    metrics: dict[str, dict[str, float]]
+    inference: Throughput
+    train_peak_mb: float
+    memory_kind: str
+    peak_mb: float
+    history: list[dict[str, Any]]
+
+
+class FitLoop:
     """Runs epochs ``session.start_epoch … cfg.epochs`` and the final evaluation.
 
     Args:
-        cfg: the run configuration; resolved: the runner's ``ResolvedRun``.
+        cfg: the run configuration; task_specs, image_size: the run's resolved tasks and size.
         ctx: this process's place in the run; device: where it computes.
         model: the bare model (evaluated without the DDP wrapper, whose forward would need every
             process to run the same number of batches); trainer: holds the (wrapped) model and the
@@ -31,9 +75,10 @@ class EpochLoop:
         session: the run folder and the checkpoint to start from.
     """
 
-    def __init__(self, cfg: Any, resolved: Any, ctx: DistContext, device: torch.device, model: nn.Module,
-                 trainer: Trainer, train_loader: Any, val_loader: Any, session: RunSession):
-        self.cfg, self.resolved, self.ctx, self.device = cfg, resolved, ctx, device
+    def __init__(self, cfg: Any, task_specs: Any, image_size: tuple[int, int], ctx: DistContext,
+                 device: torch.device, model: nn.Module, trainer: Trainer, train_loader: Any, val_loader: Any,
+                 session: RunRecorder):
+        self.cfg, self.task_specs, self.image_size, self.ctx, self.device = cfg, task_specs, image_size, ctx, device
         self.model, self.trainer, self.session = model, trainer, session
         self.train_loader, self.val_loader = train_loader, val_loader
         self.history = session.history
@@ -46,7 +91,7 @@ class EpochLoop:
     def evaluate(self, periodic: bool = False) -> tuple[dict[str, dict[str, float]], Throughput]:
         """Evaluate on the validation split; ``periodic`` (during training) skips expensive metrics."""
         cfg = self.cfg
-        return evaluate(self.model, self.val_loader, self.resolved.task_specs, self.device, cfg.amp, cfg.amp_dtype,
+        return evaluate(self.model, self.val_loader, self.task_specs, self.device, cfg.amp, cfg.amp_dtype,
                         cfg.limit_eval_batches, cfg.progress and self.ctx.is_main,
                         reduce=lambda meter: meter.all_reduce(), skip_expensive=periodic)
 
@@ -54,8 +99,8 @@ class EpochLoop:
         self.session.save(model=self.model, trainer=self.trainer, epoch=epoch, step_in_epoch=step_in_epoch,
                           partial=partial, history=self.history, elapsed_s=self.elapsed())
 
-    def run(self, say: Callable[[str], None]):
-        """Train and evaluate; returns ``(metrics, inference throughput, train peak MB, memory kind, peak MB)``.
+    def run(self, say: Callable[[str], None]) -> FitResult:
+        """Train and evaluate; ``say`` reports progress (one line per epoch).
 
         Raises:
             RunCancelled: stopped on request; a checkpoint of the exact step was saved.
@@ -78,8 +123,8 @@ class EpochLoop:
                 peak, _ = peak_memory_mb(self.device)
         except TrainingDiverged as exc:
             session.mark("failed", str(exc))
-            kept = "its last checkpoint is kept" if session.run_dir.has_checkpoint() else "no checkpoint was written"
-            raise RunFailed(f"{exc} (run {session.run_id} stopped; {kept} in {session.run_dir.path})") from None
+            kept = "its last checkpoint is kept" if session.has_checkpoint() else "no checkpoint was written"
+            raise RunFailed(f"{exc} (run {session.run_id} stopped; {kept} in {session.folder})") from None
         except RunCancelled:
             raise
         except KeyboardInterrupt:
@@ -91,10 +136,10 @@ class EpochLoop:
                 raise
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
-            advice = oom_advice(self.cfg, self.resolved.image_size, self.phase, self.ctx.world_size)
+            advice = oom_advice(self.cfg, self.image_size, self.phase, self.ctx.world_size)
             session.mark("failed", advice)
             raise RunFailed(advice) from None
-        return metrics, infer, train_peak, memory_kind, peak
+        return FitResult(metrics, infer, train_peak, memory_kind, peak, self.history)
 
     def _epoch(self, epoch: int, say: Callable[[str], None], stop: StopOnSignal) -> None:
         cfg, session = self.cfg, self.session
@@ -110,7 +155,7 @@ class EpochLoop:
             session.mark("cancelled", f"stopped by {stop.signal_name or 'request'} at epoch {epoch}, step "
                                       f"{stats.steps}; checkpoint saved")
             say(f"mtbench: run {session.run_id} cancelled at epoch {epoch}, step {stats.steps}; checkpoint saved in "
-                f"{session.run_dir.path}; continue it with the same command and --resume {session.run_id}")
+                f"{session.folder}; continue it with the same command and --resume {session.run_id}")
             raise RunCancelled(f"run {session.run_id} cancelled", session.run_id)
         entry = stats.to_dict()
         # The losses of all processes (each averaged its own batches).
@@ -126,6 +171,6 @@ class EpochLoop:
         say(f"epoch {epoch}/{cfg.epochs}: loss {entry['loss']:.4f} · lr {stats.lr:.3g} · {stats.seconds:.1f} s"
             + (f" · {rate:.1f} img/s" if rate else "")
             + (" · val " + ", ".join(f"{s.name} {entry['val'][s.name].get(s.primary.name, math.nan):.3f}"
-                                      for s in self.resolved.task_specs) if entry.get("val") else ""))
+                                      for s in self.task_specs) if entry.get("val") else ""))
         if cfg.checkpoint_every and (epoch % cfg.checkpoint_every == 0 or last):
             self.save(epoch + 1, 0)

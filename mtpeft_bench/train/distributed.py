@@ -24,7 +24,7 @@ the validation set without reducing it (DiTASK)):
   GPUs, :class:`CrossRankBatchNorm2d` on CPUs, where torch's has no kernels).
 - **LR**: scaled by the global batch ``batch_size × world_size / lr_reference_batch``.
 - **Randomness in the model** (drop path): every process builds the same initial model from the
-  run's seed, then seeds its training randomness from ``(seed, rank)`` (session.py; the reference
+  run's seed, then seeds its training randomness from ``(seed, rank)`` (running/session.py; the reference
   code seeds ``seed + rank``).
 - Only rank 0 prints, writes results and checkpoints.
 
@@ -272,7 +272,7 @@ class PerSampleSeed(Dataset):
 
 
 def sampler_factory(ctx: DistContext, seed: int) -> Callable[[Dataset, bool], Sampler | None]:
-    """For :func:`mtpeft_bench.runner.make_loaders`: shuffled shards for training (also in a single
+    """For :func:`mtpeft_bench.running.build.make_loaders`: shuffled shards for training (also in a single
     process, so the order depends only on the seed and epoch), contiguous shards for evaluation."""
 
     def make(dataset: Dataset, train: bool) -> Sampler | None:
@@ -375,8 +375,3 @@ def wrap_model(model: nn.Module, ctx: DistContext, device: torch.device, sync_bn
     unused = bool(getattr(encoder, "find_unused_parameters", False))
     device_ids = [device.index] if device.type == "cuda" else None
     return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=unused)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside a DDP wrapper (or the model itself)."""
-    return getattr(model, "module", model)

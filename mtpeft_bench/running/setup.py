@@ -1,0 +1,122 @@
+"""Before anything is built: the configuration, resolved one way for every entry point; the
+plugins and their options; the data root; the run's identity (its configuration hash); the device;
+and the output folders, checked writable. Nothing here reads data or builds a model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from mtpeft_bench.config import RunConfig, config_hash, resolve
+from mtpeft_bench.errors import UserError
+from mtpeft_bench.registry import get_dataset, get_method
+from mtpeft_bench.tasks.base import config_from_mapping
+from mtpeft_bench.tasks.roots import default_data_root
+
+
+def resolve_config(preset: str | None, options: Mapping[str, Any], sets: Mapping[str, Any] | None = None) -> RunConfig:
+    """The configuration of one run, resolved the same way for ``mtbench run``, ``mtbench sweep``
+    and the Python ``run(...)``: defaults → the preset (``preset``, else the dataset's default
+    preset, e.g. ``cpu`` for ``synth``) → ``options`` (None values ignored) → ``sets``.
+
+    The dataset is the one ``sets`` or ``options`` name, else :class:`RunConfig`'s default.
+
+    Raises:
+        UserError: an unknown dataset or preset, an unknown setting or a bad value.
+    """
+    sets = dict(sets or {})
+    named = {**{k: v for k, v in options.items() if v is not None}, **sets}
+    dataset = named.get("dataset", RunConfig.dataset)
+    default_preset = getattr(get_dataset(dataset), "default_preset", "paper")
+    return resolve(preset, options, sets, default_preset=default_preset)
+
+
+def data_root_for(dataset: Any, explicit: str | Path | None) -> Path | None:
+    """Where a dataset plugin's data lives: ``explicit`` (``--data-root``), else ``$MTBENCH_DATA``
+    for a dataset that needs files on disk; a generated one only honours an explicit root."""
+    if explicit:
+        return Path(explicit).expanduser()
+    return default_data_root() if dataset.requires_root else None
+
+
+@dataclass
+class ResolvedRun:
+    """The plugins and their configurations for one run (no torch objects yet)."""
+
+    cfg: RunConfig
+    dataset: Any
+    task_specs: list
+    method_cls: type
+    method_cfg: Any
+    image_size: tuple[int, int]
+    data_root: Path | None
+
+    @property
+    def tasks(self) -> list[str]:
+        return [s.name for s in self.task_specs]
+
+    def stored_config(self) -> dict[str, Any]:
+        """The configuration as the run folder and the result record store it (sizes and tasks resolved)."""
+        return {**self.cfg.to_dict(), "image_size": list(self.image_size), "tasks": self.tasks}
+
+
+def prepare(cfg: RunConfig) -> ResolvedRun:
+    """Look up plugins, validate their options and the task list; touch no data yet.
+
+    Raises:
+        UserError: unknown method/dataset/task, or invalid plugin options.
+    """
+    dataset_cls = get_dataset(cfg.dataset)
+    method_cls = get_method(cfg.method)
+    data_cfg = config_from_mapping(dataset_cls.Config, cfg.data_options, f"{cfg.dataset} dataset")
+    method_cfg = config_from_mapping(method_cls.Config, cfg.method_options, f"{cfg.method} method")
+    dataset = dataset_cls(data_cfg)
+    specs = dataset.task_specs(cfg.tasks)
+    unknown = [t for t in cfg.loss_weights if t not in {s.name for s in specs}]
+    if unknown:
+        raise UserError(f"loss_weights names task {', '.join(unknown)}, which this run does not train")
+    image_size = tuple(cfg.image_size) if cfg.image_size else tuple(dataset.image_size)
+    return ResolvedRun(cfg, dataset, specs, method_cls, method_cfg, image_size, data_root_for(dataset, cfg.data_root))
+
+
+def plain_fields(obj: Any) -> dict[str, Any]:
+    """A plugin configuration (a dataclass) as a dict of its fields; ``{}`` for anything else."""
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)} if dataclasses.is_dataclass(obj) else {}
+
+
+def run_hash(cfg: RunConfig, resolved: ResolvedRun, world_size: int = 1) -> str:
+    """The ``config_hash`` of a run: its configuration, plugin options and (above 1) the number of
+    processes, which sets the global batch."""
+    extra: dict[str, Any] = {"method": plain_fields(resolved.method_cfg), "data": plain_fields(resolved.dataset.config)}
+    if world_size > 1:
+        extra["world_size"] = world_size
+    return config_hash(cfg, extra=extra)
+
+
+def pick_device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"unknown device '{name}'; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("device cuda was asked for, but no CUDA GPU is available; use --set device=cpu")
+    return device
+
+
+def check_writable(out: Path, what: str = "results", fix: str = "choose another folder with --out") -> None:
+    """Fail before training, not after, when results (or checkpoints) cannot be written."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{secrets.token_hex(4)}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(f"cannot write {what} to {out}: {exc.strerror or exc}; {fix}") from None
