@@ -16,7 +16,7 @@ from mtpeft_bench.errors import UserError
 
 
 #: The 48 block linears of Swin-T (qkv, proj, fc1, fc2 of every block). A bare ``proj`` would also
-#: catch the patch-embedding conv ``patch_embed.proj`` (ENV.md), hence the anchored regex.
+#: catch the patch-embedding conv ``patch_embed.proj``, hence the anchored regex.
 BLOCK_LINEARS = r".*\.(attn\.(qkv|proj)|mlp\.(fc1|fc2))$"
 #: qkv and fc2 of every block (IA3: keys/values and the MLP's intermediate activation).
 QKV_AND_FC2 = r".*\.(attn\.qkv|mlp\.fc2)$"

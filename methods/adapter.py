@@ -8,7 +8,7 @@ network computes exactly the pretrained function. The down-projection keeps ``nn
 initialisation (Kaiming-uniform, a = √5).
 
 It stands for the "Adapter" row of the MTLoRA table (Agiza et al., CVPR 2024, arXiv:2403.20320).
-That row's parameter count is not known precisely (PROTOCOL.md 5.4: ≈ 8.7–11.2M, uncertain), so
+That row's parameter count is not known precisely (docs/protocol.md 5.4: ≈ 8.7–11.2M, uncertain), so
 no bottleneck width is claimed to reproduce it. With width ``m`` the adapters of Swin-T add
 ``Σ_blocks 2·(2·C·m + m + C) = 17,688·m + 8,832`` parameters.
 

@@ -8,7 +8,7 @@ biases, the patch-embedding conv's bias and the LayerNorm biases (PatchMerging r
 none): 51,456 parameters for Swin-T. ``norm_biases=false`` keeps the LayerNorm biases frozen.
 
 Nothing else trains: unlike the other baselines, BitFit does not train the protocol's extras.
-The "BitFit" row of the MTLoRA table (2.85M with the 1.95M decoder, PROTOCOL.md 5.4) counts more
+The "BitFit" row of the MTLoRA table (2.85M with the 1.95M decoder, docs/protocol.md 5.4) counts more
 than Swin-T's biases; this plugin makes no claim to match it.
 """
 

@@ -4,7 +4,7 @@ LoRA: Low-Rank Adaptation of Large Language Models (Hu et al., ICLR 2022, arXiv:
 each adapted linear computes ``W x + b + (alpha / r) · B A dropout(x)`` with ``W``, ``b`` frozen,
 ``A`` (r × in) Kaiming-uniform and ``B`` (out × r) zero at the start. Here it is peft's own
 ``LoraConfig``/``LoraModel`` injected into the stock timm Swin (no hand-written LoRA), on the 48
-block linears (qkv, proj, fc1, fc2; the regex of ENV.md, so ``patch_embed.proj`` is not caught).
+block linears (qkv, proj, fc1, fc2; an anchored regex, so ``patch_embed.proj`` is not caught).
 
 As the "LoRA" row of the MTLoRA table (Agiza et al., CVPR 2024, arXiv:2403.20320) it is the
 shared-feature baseline: every task reads the same encoder features. By default the backbone's
@@ -13,11 +13,11 @@ as in the MTLoRA/DiTASK protocol, and the linears' biases stay frozen (peft's ``
 MTLoRA's ``BIAS: none``). Two deliberate choices, both switches:
 
 - ``lora_alpha`` defaults to ``4·r``: the LoRA scale alpha/r is then 4.0, the scale MTLoRA uses as
-  is (PROTOCOL.md 5.1); peft's own default would give 2.0 at r = 4.
+  is (docs/protocol.md 5.1); peft's own default would give 2.0 at r = 4.
 - ``lora_dropout`` defaults to 0.05, MTLoRA's LoRA dropout (peft's default is 0).
 
 The MTLoRA paper's LoRA row (2.87M) cannot be reproduced from its code (scale-lab/MTLoRA issue #8;
-PROTOCOL.md 5.4); this plugin makes no claim to match it.
+docs/protocol.md 5.4); this plugin makes no claim to match it.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Agiza, Neseem, Reda. "MTLoRA: Low-Rank Adaptation Approach for Efficient Multi-Task Learning",
 CVPR 2024, arXiv:2403.20320; code scale-lab/MTLoRA (models/lora.py ``MTLoRALinear``,
-models/swin_transformer_mtlora.py), read at commit 333a375 (PROTOCOL.md 5). Written anew here.
+models/swin_transformer_mtlora.py), read at commit 333a375 (docs/protocol.md 5). Written anew here.
 
 - **TA-LoRA** (task-agnostic, shared): every block linear (qkv, proj, fc1, fc2) computes
   ``y = W x + b + s · B A drop(x)`` with ``W``, ``b`` frozen, ``A`` (r × in) Kaiming-uniform
@@ -22,7 +22,7 @@ models/swin_transformer_mtlora.py), read at commit 333a375 (PROTOCOL.md 5). Writ
   (``BIAS: none``). **MTLoRA+** (``plus=true``): the PatchMerging reductions get a shared LoRA
   (rank ``rank``, same scale and dropout) and their weights freeze.
 
-Parameter counts (Swin-T, 4 PASCAL tasks, PROTOCOL.md 5.3): the TA-LoRA of a block has
+Parameter counts (Swin-T, 4 PASCAL tasks, docs/protocol.md 5.3): the TA-LoRA of a block has
 ``r·(C+3C) + r·(C+C) + r·(C+4C) + r·(4C+C) = 16·r·C`` parameters; the TS-LoRA of a stage
 ``T·r_t·12·C``. With rank 16 / 32 / 64 and task rank 4 the trainable totals (encoder + decoder)
 are 4,953,146 / 6,083,642 / 8,344,634, as in the paper.
@@ -33,9 +33,9 @@ Differences from the official code, all deliberate:
   official Swin does (``MTLoRALinear(dim, 3·dim)``) and what the paper's counts assume; the
   repository's ``MTLoRAQKV`` (three separate q/k/v LoRA'd linears, 3·r·(C+C) = 6rC parameters
   instead of 4rC) is unused there and not implemented here.
-- timm keeps PatchMerging at the start of the next stage (ENV.md), so MTLoRA+'s reduction LoRA
-  of the official stage i sits at ``layers[i+1].downsample.reduction``. All stages share one rank
-  and scale here (the official per-stage lists are all equal in every configuration).
+- timm keeps PatchMerging at the start of the next stage (the original Swin code ends a stage
+  with it), so MTLoRA+'s reduction LoRA of the official stage i sits at
+  ``layers[i+1].downsample.reduction``. All stages share one rank and scale here (the official per-stage lists are all equal in every configuration).
 - The 'addition' and 'lora_only' modes of the official code are not implemented (no configuration
   of the paper uses them; ``lora`` is the shared-LoRA baseline).
 """

@@ -1,6 +1,6 @@
 """Single-task baselines for Δm: the suite's own single-task runs, else a published reference.
 
-Δm (PROTOCOL.md 3.1) compares a multi-task run with one single-task model per task trained under
+Δm (docs/protocol.md 3.1) compares a multi-task run with one single-task model per task trained under
 the same recipe. The suite's own baselines are runs of the baseline method (``full`` by default)
 on one task with the same ``recipe_key`` (same dataset and version, data options, backbone,
 weights, image size and schedule); several seeds are averaged. Where none exist, a reference file

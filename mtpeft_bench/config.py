@@ -11,7 +11,7 @@ Presets:
   runs end to end (under 2 minutes on 2 CPU cores), not a result.
 - ``cpu``: a run worth reading on a CPU: the mini Swin (``swin_mini``) with its built-in
   pretrained weights at the dataset's native size on ``synth``; works offline.
-- ``paper``: the published recipe (PROTOCOL.md 4.4): Swin-T, 448 px, 300 epochs, batch 32,
+- ``paper``: the published recipe (docs/protocol.md 4.4): Swin-T, 448 px, 300 epochs, batch 32,
   AdamW 5e-4 × batch/512, 20 warm-up epochs then cosine, weight decay 0.05, drop-path 0.2,
   gradient clipping 5, AMP.
 """
@@ -41,7 +41,7 @@ class RunConfig:
     weights: str = "timm"
     image_size: tuple[int, int] | None = None  # None: the dataset's protocol size
     drop_path: float = 0.2
-    # optimisation (PROTOCOL.md 4.4)
+    # optimisation (docs/protocol.md 4.4)
     epochs: int = 300
     batch_size: int = 32
     eval_batch_size: int | None = None  # None: batch_size

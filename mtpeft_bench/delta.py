@@ -1,4 +1,4 @@
-"""Δm, the multi-task performance relative to single-task baselines (PROTOCOL.md 3.1).
+"""Δm, the multi-task performance relative to single-task baselines (docs/protocol.md 3.1).
 
     Δm = (100 / T) · Σ_t (−1)^{l_t} · (M_t − M_t^ST) / M_t^ST
 

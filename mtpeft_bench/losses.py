@@ -1,4 +1,4 @@
-"""Training losses of the reference protocol (PROTOCOL.md 4.3).
+"""Training losses of the reference protocol (docs/protocol.md 4.3).
 
 Every loss has the signature ``loss(pred, target, task) -> scalar Tensor`` where ``pred`` is the raw
 head output ``[B, C, H, W]`` at the target's resolution and ``target`` is in the format of
@@ -167,7 +167,7 @@ LOSSES: dict[str, LossFn] = {
 def compute_losses(
     outputs: Mapping[str, Tensor], batch: Mapping[str, object], tasks: Sequence[TaskSpec]
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Per-task losses and their weighted sum (PROTOCOL.md 4.3: ``total = Σ_t loss_weight_t · L_t``).
+    """Per-task losses and their weighted sum (docs/protocol.md 4.3: ``total = Σ_t loss_weight_t · L_t``).
 
     Args:
         outputs: task name → raw head output at the target's resolution.

@@ -1,6 +1,6 @@
 """Measurements taken the same way for every method: parameter groups, memory, time.
 
-Parameter groups (how the papers' counts decompose, PROTOCOL.md 5.3 and DITASK.md 4.2):
+Parameter groups (how the papers' counts decompose, docs/protocol.md 5.3 and docs/ditask.md 4.2):
 
 - ``method``: parameters the method added to the backbone (LoRA factors, θ of DiTASK, adapters),
   found by identity: they are not among the backbone's parameters before ``Method.build``;

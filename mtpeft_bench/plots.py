@@ -1,3 +1,4 @@
+# Over 400 lines on purpose: one drawing function per figure, all fed by the same table preparation.
 """Figures from result records (``mtbench plot``): seaborn on matplotlib's Agg backend, never torch.
 
 Per dataset:

@@ -1,6 +1,6 @@
 """NYUD-v2 as re-packaged by ATRC/InvPT (``NYUDv2.tar.gz``), a separate dataset from ``nyud``.
 
-prismformore/Multi-Task-Transformer:InvPT/data/nyud.py (PROTOCOL.md 1.4): the same ``gt_sets``
+prismformore/Multi-Task-Transformer:InvPT/data/nyud.py (docs/protocol.md 1.4): the same ``gt_sets``
 splits, but images are PNG and smaller than NYUD_MT's 480x640 (425x560 per the InvPT config),
 edges are PNGs (v / 255), normals PNGs (2 v / 255 - 1), semseg PNGs (v - 1, -1 → ignore) and depth
 ``.npy`` in metres. Numbers on it are not comparable with NYUD_MT numbers, so it has its own

@@ -67,7 +67,7 @@ class TaskSpec:
         kind: one of ``TASK_KINDS``; fixes the target format, the meter and the post-processing.
         num_outputs: channels of the head's output (classes for segmentation, 1 or 3 otherwise).
         loss: name of the loss in ``mtpeft_bench.losses.LOSSES``.
-        loss_weight: weight of this task's loss in the sum (PROTOCOL.md 4.3).
+        loss_weight: weight of this task's loss in the sum (docs/protocol.md 4.3).
         metrics: what the task reports; exactly one is ``primary``.
         ignore_index: target value that marks pixels to ignore.
         interpolation: how targets are resized: ``nearest`` (labels), ``linear``, or ``normals``

@@ -1,11 +1,11 @@
 """NYUD-v2 multi-task benchmark (the ASTMT/MTI-Net ``NYUD_MT`` package), as used by MTLoRA.
 
 Tasks: ``semseg`` (NYU-40 classes), ``depth`` (metres), ``normals``, ``edge``; 795 train / 654 val
-images, trained and evaluated at 448x448 (PROTOCOL.md 0, 1.3, 2). The folder is read by
+images, trained and evaluated at 448x448 (docs/protocol.md 0, 1.3, 2). The folder is read by
 :mod:`mtpeft_bench.tasks.nyud_layout`; ``mtbench data prepare nyud --from NYUD_MT.tgz`` puts the
-archive (downloaded by hand, PROTOCOL.md 1.1) under the data root.
+archive (downloaded by hand, docs/protocol.md 1.1) under the data root.
 
-The ATRC/InvPT re-packaging (``NYUDv2.tar.gz``: PNG images and smaller frames, PROTOCOL.md 1.4)
+The ATRC/InvPT re-packaging (``NYUDv2.tar.gz``: PNG images and smaller frames, docs/protocol.md 1.4)
 is a different dataset, ``nyud_atrc`` (:mod:`mtpeft_bench.tasks.atrc`); ``nyud`` refuses such a
 folder instead of silently mixing the two.
 """
@@ -26,7 +26,7 @@ from mtpeft_bench.tasks.specs import depth_task, normals_task, segmentation_task
 
 NYUD_FOLDER_NAMES = ("NYUD_MT",)
 NYUD_MARKERS = ("images", "gt_sets")
-#: Official split sizes (PROTOCOL.md 1.3); ``mtbench data verify`` compares against them.
+#: Official split sizes (docs/protocol.md 1.3); ``mtbench data verify`` compares against them.
 NYUD_SPLIT_SIZES = {"train": 795, "val": 654}
 
 
@@ -37,7 +37,7 @@ class NyudConfig(ProtocolConfig):
 
     Attributes:
         depth_unit: unit of the stored depth maps: ``auto`` (millimetres if a map's maximum
-            exceeds 100, logged; PROTOCOL.md 1.3 and 8 item 10), ``m`` or ``mm``.
+            exceeds 100, logged; docs/protocol.md 1.3 and 8 item 10), ``m`` or ``mm``.
     """
 
     depth_unit: str = "auto"
@@ -75,7 +75,7 @@ class NyudDataset(DatasetPlugin):
     image_size = (448, 448)
     splits = ("train", "val")
     requires_root = True
-    reference = None  # no published single-task NYUD baselines exist (PROTOCOL.md 3)
+    reference = None  # no published single-task NYUD baselines exist (docs/protocol.md 3)
     Config = NyudConfig
     split_sizes = NYUD_SPLIT_SIZES
     folder_names = NYUD_FOLDER_NAMES

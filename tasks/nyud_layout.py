@@ -1,4 +1,4 @@
-"""Reader for the NYUD_MT on-disk layout (PROTOCOL.md 1.3), shared by ``nyud`` and ``synth``.
+"""Reader for the NYUD_MT on-disk layout (docs/protocol.md 1.3), shared by ``nyud`` and ``synth``.
 
 Layout, relative to the root folder::
 
@@ -273,7 +273,7 @@ class LayoutDataset(torch.utils.data.Dataset):
         train: apply the training augmentations.
         transform: replaces the protocol pipeline of ``build_transforms(image_size, train)``.
         original_size: the targets stay at the image's original size (evaluation at the original
-            resolution, PROTOCOL.md 2 "MTI-Net"); ``transform`` must then resize only the image.
+            resolution, docs/protocol.md 2 "MTI-Net"); ``transform`` must then resize only the image.
             Such a dataset asks for ``eval_batch_size = 1``, because images of different sizes
             cannot share a batch.
         ids: use these ids instead of the split file's (e.g. a filtered subset).

@@ -1,4 +1,4 @@
-"""Reader for the PASCAL_MT on-disk layout (``PASCAL_MT.tgz``, PROTOCOL.md 1.2).
+"""Reader for the PASCAL_MT on-disk layout (``PASCAL_MT.tgz``, docs/protocol.md 1.2).
 
 Layout, relative to the root folder::
 
@@ -18,7 +18,7 @@ Decoding (as ``PASCALContext`` of ASTMT / MTI-Net / MTLoRA, scale-lab/MTLoRA:dat
   into one map with the 6-part grouping of :data:`HUMAN_PARTS_6` (later objects and parts
   overwrite earlier ones); everything else is 0. An image without such a person gives an all-0
   map, which ``AddIgnoreRegions`` turns into all-ignore. A person without part annotations in an
-  image that has an annotated one stays background (0), as in the reference (PROTOCOL.md 8 item
+  image that has an annotated one stays background (0), as in the reference (docs/protocol.md 8 item
   4); ``unannotated_persons="ignore"`` marks it ignore instead.
 - ``sal``: v / 255 > 0.5 → {0, 1} (float32[1, H, W]).
 - ``normals``: 2 v / 255 - 1, kept only where the ``LabelMap`` class is one of the 170
@@ -29,7 +29,7 @@ Decoding (as ``PASCALContext`` of ASTMT / MTI-Net / MTLoRA, scale-lab/MTLoRA:dat
   ``thin`` (float32[1, H, W]). Needs scikit-image (``pip install 'mtpeft-bench[edge]'``).
 
 Nothing is ever written into the dataset folder: the reference caches each image's object
-categories in ``ImageSets/Parts/<split>.txt`` inside the data root (PROTOCOL.md 8 item 9); here that
+categories in ``ImageSets/Parts/<split>.txt`` inside the data root (docs/protocol.md 8 item 9); here that
 list is computed only when needed (a ``human_parts``-only run keeps only person images, as the
 reference does) and cached under the user cache folder.
 """

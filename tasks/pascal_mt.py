@@ -1,6 +1,6 @@
 """PASCAL-Context multi-task benchmark (``PASCAL_MT.tgz``), MTLoRA's headline dataset.
 
-Tasks (PROTOCOL.md 1.2, 3, 4.3): ``semseg`` (21 classes), ``human_parts`` (6 parts + background,
+Tasks (docs/protocol.md 1.2, 3, 4.3): ``semseg`` (21 classes), ``human_parts`` (6 parts + background,
 person images only), ``sal`` (distilled saliency), ``normals`` (distilled normals on the
 NYU-compatible Context classes) and ``edge`` (from the Context label map; not in the headline
 benchmark); 4,998 train / 5,105 val images resized to 448x448. The folder is read by
@@ -25,7 +25,7 @@ from mtpeft_bench.tasks.specs import normals_task, saliency_task, segmentation_t
 
 PASCAL_MARKERS = ("JPEGImages", "ImageSets/Context")
 PASCAL_FOLDER_NAMES = ("PASCAL_MT",)
-#: Official split sizes (PROTOCOL.md 1.2); ``mtbench data verify`` compares against them.
+#: Official split sizes (docs/protocol.md 1.2); ``mtbench data verify`` compares against them.
 PASCAL_SPLIT_SIZES = {"train": 4998, "val": 5105}
 
 
@@ -36,12 +36,12 @@ class PascalMTConfig(ProtocolConfig):
 
     Attributes:
         unannotated_persons: a person without part annotations, in an image with an annotated one:
-            ``background`` (reference, PROTOCOL.md 8 item 4) or ``ignore``.
+            ``background`` (reference, docs/protocol.md 8 item 4) or ``ignore``.
         parts_only_person_images: when ``human_parts`` is the only task, keep only the images that
             contain a person (the reference does this "to allow batching"; it changes the single-task
             training set, not the metric, since other images are all-ignore).
         sal_maxf_double_sigmoid: reproduce the InvPT/MTLoRA "Beta maxF" bug of squashing the
-            saliency probability through a second sigmoid (PROTOCOL.md 8 item 2); off: one sigmoid.
+            saliency probability through a second sigmoid (docs/protocol.md 8 item 2); off: one sigmoid.
     """
 
     unannotated_persons: str = "background"
@@ -92,7 +92,7 @@ class PascalMTDataset(DatasetPlugin):
         return find_dataset_root(root, self.name, self.folder_names, self.markers, self.archive)
 
     def check_variant(self, folder: Path) -> None:
-        """PASCAL_MT has one known packaging (ATRC's PASCALContext uses the same files, PROTOCOL.md 1.4)."""
+        """PASCAL_MT has one known packaging (ATRC's PASCALContext uses the same files, docs/protocol.md 1.4)."""
 
     def layout(self, folder: Path) -> Any:
         from mtpeft_bench.tasks.pascal_layout import PascalLayout

@@ -1,4 +1,4 @@
-"""``mtbench data prepare``: put a downloaded dataset under the data root (PROTOCOL.md 1.1, 6).
+"""``mtbench data prepare``: put a downloaded dataset under the data root (docs/protocol.md 1.1, 6).
 
 Accepts the archive (``PASCAL_MT.tgz``, ``NYUD_MT.tgz``, ATRC's ``NYUDv2.tar.gz``), the extracted
 folder, or a parent folder holding it, and leaves the dataset at ``<data root>/<usual name>``

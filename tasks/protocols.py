@@ -1,11 +1,11 @@
-"""Protocol presets of the real benchmarks (PROTOCOL.md 2 and 8) and the switches behind them.
+"""Protocol presets of the real benchmarks (docs/protocol.md 2 and 8) and the switches behind them.
 
 Two presets, chosen with ``--set data.protocol=...``:
 
 ``mtlora`` (default; MTLoRA / DiTASK)
     Every sample, image and targets, is resized to the run's image size (448x448 by default,
     aspect ratio not kept) for training AND evaluation; metrics are computed at that size against
-    the resized ground truth (PROTOCOL.md 8 item 1).
+    the resized ground truth (docs/protocol.md 8 item 1).
 ``mtinet`` (MTI-Net / ASTMT)
     Training as ``mtlora``; evaluation feeds the resized image but keeps the ground truth at the
     image's original size, and each prediction is resized back to it before the meters see it
@@ -13,7 +13,7 @@ Two presets, chosen with ``--set data.protocol=...``:
     :func:`mtpeft_bench.metrics.resize_prediction`). Images of different sizes cannot share a
     batch, so the validation set asks for batch size 1.
 
-Training augmentations (both presets; PROTOCOL.md 2): PASCAL: horizontal flip, then rotation
+Training augmentations (both presets; docs/protocol.md 2): PASCAL: horizontal flip, then rotation
 U[-20°, 20°] and scale U[0.75, 1.25]; NYUD: flip, then zoom in {1, 1.2, 1.5} with depth divided by
 the zoom. Then FixedResize → AddIgnoreRegions → Normalize.
 
@@ -55,7 +55,7 @@ class ProtocolConfig(DatasetConfig):
         augment: apply the reference's training augmentations (flip + rotate/zoom); ``false``
             trains on resized images only.
         border_fill: what the rotation/zoom-out border becomes: ``zero`` (the reference: 0, i.e.
-            background for semseg/parts, non-salient, no edge; PROTOCOL.md 8 item 5) or ``ignore``.
+            background for semseg/parts, non-salient, no edge; docs/protocol.md 8 item 5) or ``ignore``.
         nearest: label resizing: ``cv2`` (the reference's OpenCV ``INTER_NEAREST``) or ``centre``.
         normals_interpolation: ``cubic`` (the reference's FLAGVALS, then renormalised) or ``linear``.
         edge_thresholds: number of thresholds of the edge odsF (99 = 0.01 ... 0.99, as MTI-Net passes

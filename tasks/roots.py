@@ -1,4 +1,4 @@
-"""Finding a real dataset's folder from ``--data-root`` / ``$MTBENCH_DATA`` (PROTOCOL.md 1.1).
+"""Finding a real dataset's folder from ``--data-root`` / ``$MTBENCH_DATA`` (docs/protocol.md 1.1).
 
 A data root may be the extracted dataset folder itself or a parent holding it under its usual
 name (``<data root>/PASCAL_MT``, ``<data root>/NYUD_MT``, which is where ``mtbench data prepare``

@@ -1,6 +1,6 @@
 """Task-spec factories shared by every dataset plugin.
 
-The metric names, directions and loss weights of PROTOCOL.md 3 and 4.3 live here once, so that
+The metric names, directions and loss weights of docs/protocol.md 3 and 4.3 live here once, so that
 ``semseg`` or ``normals`` means the same thing in ``nyud``, ``pascal_mt`` and ``synth``.
 """
 

@@ -1,4 +1,6 @@
-"""Per-sample transforms of the MTLoRA / MTI-Net protocol (PROTOCOL.md section 2), on torch tensors.
+# Over 400 lines on purpose: the protocol's whole per-sample pipeline reads best in one file; each
+# transform is short.
+"""Per-sample transforms of the MTLoRA / MTI-Net protocol (docs/protocol.md section 2), on torch tensors.
 
 A sample is a dict ``{"image": float32[3, H, W] in [0, 1], "<task>": target, ...}`` whose targets
 come in the formats of ``tasks/base.py`` *before* ignore marking:
@@ -122,7 +124,7 @@ def resize_target(target: torch.Tensor, size: tuple[int, int], interpolation: st
         nearest: ``cv2`` (the reference: OpenCV's ``INTER_NEAREST`` takes source pixel
             ``floor(dst * src_size / dst_size)``, i.e. torch's ``nearest``) or ``centre`` (the
             source pixel whose centre is closest, torch's ``nearest-exact`` / PIL).
-        normals: ``cubic`` (the reference's ``INTER_CUBIC`` for normals, PROTOCOL.md 2 FLAGVALS)
+        normals: ``cubic`` (the reference's ``INTER_CUBIC`` for normals, docs/protocol.md 2 FLAGVALS)
             or ``linear`` (bilinear, which never spreads a valid vector more than one pixel).
     """
     if tuple(target.shape[-2:]) == tuple(size):
@@ -154,7 +156,7 @@ def resize_target(target: torch.Tensor, size: tuple[int, int], interpolation: st
 
 
 class FixedResize:
-    """Resize image and every target to ``size`` = (H, W), aspect ratio not kept (PROTOCOL.md 2).
+    """Resize image and every target to ``size`` = (H, W), aspect ratio not kept (docs/protocol.md 2).
 
     The image is resized bicubically and clamped to [0, 1] (the reference resizes float images
     with OpenCV's cubic and casts to uint8 afterwards; the clamp is the well-defined version of
@@ -166,7 +168,7 @@ class FixedResize:
         nearest: ``cv2`` (reference) or ``centre``, see :func:`resize_target`.
         normals: ``cubic`` (reference) or ``linear``.
         targets: resize the targets too (False: only the image, for evaluation at the original
-            resolution, PROTOCOL.md 2 "MTI-Net").
+            resolution, docs/protocol.md 2 "MTI-Net").
     """
 
     def __init__(self, size: tuple[int, int], nearest: str = "cv2", normals: str = "cubic", targets: bool = True):
@@ -292,7 +294,7 @@ def warp(x: torch.Tensor, sx: torch.Tensor, sy: torch.Tensor, mode: str, fill: f
 class ScaleNRotate:
     """Random rotation and zoom about the image centre, canvas size kept (ASTMT ``ScaleNRotate``).
 
-    PROTOCOL.md 2: PASCAL draws the angle from U[-20°, 20°] and the scale from U[0.75, 1.25]
+    docs/protocol.md 2: PASCAL draws the angle from U[-20°, 20°] and the scale from U[0.75, 1.25]
     (``rotations=(-20, 20), scales=(0.75, 1.25)``, tuples = continuous ranges); NYUD keeps the angle
     at 0 and picks the scale from {1, 1.2, 1.5} (``rotations=[0], scales=[1.0, 1.2, 1.5]``, lists =
     discrete choices). Each sample is warped with OpenCV's ``getRotationMatrix2D((w/2, h/2), angle,
@@ -307,7 +309,7 @@ class ScaleNRotate:
         scales: (min, max), or a list of scales to choose from (same type as ``rotations``).
         border: what fills the canvas outside the warped image: ``zero`` (the reference: 0, i.e.
             background for semseg/parts, non-salient, no edge, missing depth, invalid normals) or
-            ``ignore`` (label targets get their ``ignore_index`` there; PROTOCOL.md 8 item 5).
+            ``ignore`` (label targets get their ``ignore_index`` there; docs/protocol.md 8 item 5).
         generator: torch generator for the draws (default: torch's global one).
     """
 

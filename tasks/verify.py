@@ -1,4 +1,4 @@
-"""``mtbench data verify``: check a real dataset's folder file by file (PROTOCOL.md 6).
+"""``mtbench data verify``: check a real dataset's folder file by file (docs/protocol.md 6).
 
 For every split: the split file exists and lists ids (compared with the official split sizes);
 for every id: the image and every task's target file exist, decode completely (a truncated JPEG

@@ -34,7 +34,7 @@ def test_resolution_order():
     assert cfg.loss_weights == {"depth": 2.0}
     paper = resolve("paper", {}, {})
     assert (paper.epochs, paper.batch_size, paper.base_lr, paper.warmup_epochs) == (300, 32, 5e-4, 20)
-    assert paper.lr_scale() * paper.base_lr == pytest.approx(3.125e-5)  # PROTOCOL.md 4.4
+    assert paper.lr_scale() * paper.base_lr == pytest.approx(3.125e-5)  # docs/protocol.md 4.4
 
 
 @pytest.mark.parametrize("sets, message", [

@@ -1,4 +1,4 @@
-"""Δm (PROTOCOL.md 3.1) against rows of the MTLoRA paper table computed by hand."""
+"""Δm (docs/protocol.md 3.1) against rows of the MTLoRA paper table computed by hand."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from mtpeft_bench.delta import delta_m, per_task_delta, primary_values
 from mtpeft_bench.tasks.base import MetricSpec, TaskSpec
 
-# Single-task Swin-T baselines on PASCAL (PROTOCOL.md 3.1).
+# Single-task Swin-T baselines on PASCAL (docs/protocol.md 3.1).
 ST = {"semseg": 67.21, "human_parts": 61.93, "sal": 62.35, "normals": 17.97}
 HIGHER = {"semseg": True, "human_parts": True, "sal": True, "normals": False}
 

@@ -1,4 +1,4 @@
-"""The CPA core of DiTASK against independent implementations (DITASK.md 2.3, 7)."""
+"""The CPA core of DiTASK against independent implementations (docs/ditask.md 2.3, 7)."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def rk4(x: np.ndarray, coeff: np.ndarray, nc: int, T: float = 1.0, steps: int = 
 
 
 def closed_form_scalar(x: float, coeff: np.ndarray, nc: int, T: float = 1.0) -> tuple[float, int]:
-    """An independent scalar transcription of difw's closed-form integration (DITASK.md 7.2-7.3).
+    """An independent scalar transcription of difw's closed-form integration (docs/ditask.md 7.2-7.3).
 
     Returns φ(x) and the number of cells crossed.
     """
@@ -104,7 +104,7 @@ def test_basis_spans_the_null_space_of_the_constraints(nc, zero_boundary):
 
 
 def test_zero_boundary_basis_is_difws_rref_ramps():
-    # DITASK.md 7.5: column k is x/k on [0, kh], (k+1)h - x on [kh, (k+1)h], 0 beyond.
+    # docs/ditask.md 7.5: column k is x/k on [0, kh], (k+1)h - x on [kh, (k+1)h], 0 beyond.
     nc = 8
     h = 1 / nc
     basis = cpa_basis(nc, dtype=torch.float64).numpy()
@@ -199,7 +199,7 @@ def test_gradient_matches_finite_differences(nc, scale):
 
 # -- singular-value warp -----------------------------------------------------------------------
 def difw_resample(s: np.ndarray, phi: np.ndarray) -> np.ndarray:
-    """DITASK.md 2.3 step 3, written from the spec with numpy."""
+    """docs/ditask.md 2.3 step 3, written from the spec with numpy."""
     k = len(s)
     u = phi * (k - 1)
     j0 = np.clip(np.floor(u).astype(int), 0, k - 1)

@@ -67,7 +67,7 @@ def test_every_block_linear_is_adapted_and_frozen():
     for layer in layers:
         assert not layer.base.weight.requires_grad and not layer.base.bias.requires_grad
         assert layer.ditask_theta.shape == (1, 63) and layer.ditask_theta.requires_grad
-    # Extras train (DITASK.md 4.1); PatchMerging reductions are not adapted.
+    # Extras train (docs/ditask.md 4.1); PatchMerging reductions are not adapted.
     trainable = {n for n, p in encoder.named_parameters() if p.requires_grad}
     assert any("downsample.reduction" in n for n in trainable)
     assert any("relative_position_bias_table" in n for n in trainable)
@@ -166,7 +166,7 @@ def test_warped_weight_matches_the_svd_definition():
     w = qkv.base.weight.detach().double()
     theta = qkv.ditask_theta.detach().double()[0]
     blocks = []
-    for block in w.chunk(3):  # DITASK.md 2.2: q, k, v decomposed separately, one θ
+    for block in w.chunk(3):  # docs/ditask.md 2.2: q, k, v decomposed separately, one θ
         u, s, vh = torch.linalg.svd(block, full_matrices=False)
         blocks.append(u @ torch.diag(warp_spectrum(s, theta, 64)) @ vh)
     expected_weight = torch.cat(blocks)

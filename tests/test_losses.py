@@ -1,4 +1,4 @@
-"""Losses (PROTOCOL.md 4.3) against hand-computed values and torch's own CE/BCE."""
+"""Losses (docs/protocol.md 4.3) against hand-computed values and torch's own CE/BCE."""
 
 from __future__ import annotations
 

@@ -104,7 +104,7 @@ def _manual_block(tb, x):
     """The last block of a stage by hand, from its frozen timm parts and its LoRA factors.
 
     Shared: the TA-LoRA on proj, fc1, fc2. Task t: y_t = W x_shared + b + s_t B_t A_t x_t at each
-    layer (PROTOCOL.md 5.1), with x_t the task stream (the dropped-out shared input for proj).
+    layer (docs/protocol.md 5.1), with x_t the task stream (the dropped-out shared input for proj).
     """
     blk = tb.block
 

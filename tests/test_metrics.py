@@ -1,4 +1,4 @@
-"""Streaming meters (PROTOCOL.md 3): hand-computed cases, an in-memory numpy implementation of each
+"""Streaming meters (docs/protocol.md 3): hand-computed cases, an in-memory numpy implementation of each
 definition on random data, merge / all-reduce equivalence and ignore handling."""
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def assert_close(got, expected, rel=REL, abs_=1e-9):
 
 
 # ================================================================================ numpy implementations
-# Straightforward, in-memory versions of the PROTOCOL.md 3 definitions (every pixel kept).
+# Straightforward, in-memory versions of the docs/protocol.md 3 definitions (every pixel kept).
 
 def np_segmentation(samples, num_classes):
     pred = np.concatenate([p.numpy().argmax(0).ravel() for p, _ in samples])

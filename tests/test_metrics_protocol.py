@@ -1,4 +1,4 @@
-"""The meters against PROTOCOL.md 3: an independent numpy implementation on random predictions,
+"""The meters against docs/protocol.md 3: an independent numpy implementation on random predictions,
 small hand-computed cases, the SEISM-style edge odsF, and predictions resized to original size."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from mtpeft_bench.tasks.protocols import edge_task_with_approximation
 from mtpeft_bench.tasks.specs import depth_task, normals_task, saliency_task, segmentation_task
 
 
-# -- an independent implementation of PROTOCOL.md 3, written from the text (numpy, per image loops) --
+# -- an independent implementation of docs/protocol.md 3, written from the text (numpy, per image loops) --
 
 def ref_miou(preds, gts, n_classes):
     tp = np.zeros(n_classes)

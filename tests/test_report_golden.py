@@ -158,7 +158,7 @@ def test_published_rows_are_marked_and_recomputed(capsys):
     rows = {r["method"]: r for r in rows_of(out)}
     assert len(rows) == 19
     assert all(r["source"] != "suite" and r["pareto"] == "" for r in rows.values())
-    # Δm against 67.21 / 61.93 / 62.35 / 17.97 (by hand, PROTOCOL.md 5.4):
+    # Δm against 67.21 / 61.93 / 62.35 / 17.97 (by hand, docs/protocol.md 5.4):
     # decoders only: ¼ [−3.1543 − 13.6444 − 7.8428 − 15.1363] = −9.9445
     # full fine-tuning: ¼ [0.5208 − 2.7289 + 4.5870 + 7.4012] = +2.4450 (the paper's +2.23 disagrees)
     # MTLoRA r=64: ¼ [1.0266 − 3.3748 + 4.8917 + 7.6238] = +2.5419
@@ -176,7 +176,7 @@ def test_published_rows_are_marked_and_recomputed(capsys):
     _, md, _ = compare(capsys, "--dataset", "pascal_mt", "--reference")
     assert "| MTL full fine-tuning (published, unverified)" in md
     assert "+2.45 (paper +2.23)" in md and "| Single-task (4 models) (published) " in md
-    assert "arXiv:2403.20320" in md and "DITASK.md 6.1" in md
+    assert "arXiv:2403.20320" in md and "docs/ditask.md 6.1" in md
 
 
 def test_published_rows_need_the_flag(capsys):

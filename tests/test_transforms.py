@@ -191,7 +191,7 @@ def test_pipelines_have_the_protocol_order():
     assert isinstance(custom, Compose) and "FixedResize" in repr(custom)
 
 
-# -- ScaleNRotate and the protocol pipelines (PROTOCOL.md 2) ---------------------------------------
+# -- ScaleNRotate and the protocol pipelines (docs/protocol.md 2) ---------------------------------------
 
 def test_rotate_normals_hand_case_and_unit_length():
     from mtpeft_bench.tasks.transforms import rotate_normals

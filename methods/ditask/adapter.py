@@ -1,3 +1,5 @@
+# Over 400 lines on purpose: the adapted linear, the task streams and the bank that warps them share
+# one per-step state.
 """DiTASK's adapted linears and the bank that warps all of them in one call per step.
 
 Every adapted ``nn.Linear`` (qkv, proj, fc1, fc2 of every Swin block) becomes a
@@ -8,7 +10,7 @@ which stay in the checkpoint, so checkpoints keep timm's format and size; loadin
 recomputes them.
 
 Per forward pass (:meth:`DiTASKBank.begin`), one call warps every spectrum of the model (the
-shared transform of every layer and the task transforms of the branching layers: DITASK.md 2.3,
+shared transform of every layer and the task transforms of the branching layers: docs/ditask.md 2.3,
 3.1), with the fused Triton kernel on CUDA or the PyTorch reference elsewhere. Then, stage by
 stage, each layer applies W' = U·diag(s')·Vᵀ either as a rebuilt matrix — the rebuilds of all
 same-shaped layers of the stage in one batched matmul — or as factors applied to the activations,
@@ -118,7 +120,7 @@ class InputDropout(nn.Dropout):
 
 
 class DiTASKLinear(nn.Module):
-    """A frozen ``nn.Linear`` whose weight is warped in its singular values (DITASK.md 2.2).
+    """A frozen ``nn.Linear`` whose weight is warped in its singular values (docs/ditask.md 2.2).
 
     ``forward(x (..., in)) -> (..., out)``: y = dropout(x)·W'ᵀ + b with the shared transform.
 
@@ -162,7 +164,7 @@ class DiTASKLinear(nn.Module):
 
 
 class DiTASKStream(StreamLayer):
-    """Shared and per-task outputs of an adapted linear in the last block of a stage (DITASK.md 3.1).
+    """Shared and per-task outputs of an adapted linear in the last block of a stage (docs/ditask.md 3.1).
 
     The shared path sees dropout(x); each task uses the full task-warped weight W'_t (built from the
     original spectrum) on its own stream, or on the shared dropped-out input before the streams
@@ -386,7 +388,7 @@ class DiTASKBank(nn.Module):
             vs = [getattr(self, f"V{g}") for g in range(len(self.groups))]
             s = self.s
         device_type = s.device.type
-        with torch.autocast(device_type=device_type, enabled=False):  # the CPA runs in float32 (DITASK.md 5)
+        with torch.autocast(device_type=device_type, enabled=False):  # the CPA runs in float32 (docs/ditask.md 5)
             delta, kernel = self._warp(s, self.pack.coefficients(self._thetas()))
         self.last_kernel = kernel
         # One split per tensor: slicing each layer's piece out separately would make the backward

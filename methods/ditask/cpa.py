@@ -1,9 +1,11 @@
+# Over 400 lines on purpose: the basis, the closed-form integration with its analytic gradient and the
+# packing of many spectra into one call are one unit, which the Triton kernel mirrors.
 """1-D continuous piecewise-affine (CPA) diffeomorphisms and the DiTASK singular-value warp, in PyTorch.
 
 DiTASK (Mantri et al., "DiTASK: Multi-Task Fine-Tuning with Diffeomorphic Transformations",
 CVPR 2025, arXiv:2502.06029) warps the singular values of every frozen weight with a CPA
 diffeomorphism (Freifeld et al., TPAMI 2017) integrated in closed form as in the ``difw`` library
-(Martinez et al., ICML 2022) that the official code imports. Specification: DITASK.md 2.3, 7.
+(Martinez et al., ICML 2022) that the official code imports. Specification: docs/ditask.md 2.3, 7.
 
 Public API (all tensors float32 or float64; the CPA itself runs in the input's dtype):
 
@@ -12,13 +14,13 @@ Public API (all tensors float32 or float64; the CPA itself runs in the input's d
 - :func:`theta_to_coefficients` ``(theta (L, d), nc) -> (L, 2*nc)``: the per-cell (a_c, b_c) = B·θ.
 - :func:`cpa_transform` ``(x (n,), theta (L, d), nc, T=1) -> (L, n)``: φ_θ(x, T) for L transforms.
 - :func:`warp_spectrum` ``(s (L, k), theta (L, d), nc) -> (L, k)`` and :func:`warp_spectra` (ragged
-  list): the singular-value warp of DITASK.md 2.3 (warp the index axis, re-sample linearly).
+  list): the singular-value warp of docs/ditask.md 2.3 (warp the index axis, re-sample linearly).
 - :class:`SpectrumPack`: the packed layout of many warps with mixed lengths and cell counts that
   the method (and the fused Triton kernel) evaluates in one call; :func:`warp_packed_torch` is the
   PyTorch reference for it.
 
 Gradients: the integration is an ``autograd.Function`` with the **analytic** gradient of
-DITASK.md 7.4 (the difw ``derivative_closed_form_trace`` formulas, rewritten in numerically stable
+docs/ditask.md 7.4 (the difw ``derivative_closed_form_trace`` formulas, rewritten in numerically stable
 form: ``expm1``/``log1p`` ratios with series near 0, and the exact a → 0 limits where difw drops a
 term); it is differentiable in θ (through the coefficients A = B·θ), not in the grid ``x``. The
 re-sampling is plain PyTorch (autograd), so gradients also reach the spectrum.
@@ -74,7 +76,7 @@ def _basis64(nc: int, zero_boundary: bool) -> torch.Tensor:
 
 def cpa_basis(nc: int, zero_boundary: bool = True, dtype: torch.dtype = torch.float32,
               device: torch.device | str | None = None) -> torch.Tensor:
-    """The "rref" basis of difw's ``Tessellation`` on [0, 1] (DITASK.md 7.5).
+    """The "rref" basis of difw's ``Tessellation`` on [0, 1] (docs/ditask.md 7.5).
 
     The velocity coefficients of cell c are ``A[2c] = a_c`` (slope) and ``A[2c+1] = b_c``
     (intercept), with ``A = B @ θ``; every column is a continuous piecewise-affine velocity field,
@@ -150,7 +152,7 @@ def log1p_curvature(w: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------
-# Closed-form integration (DITASK.md 7.2-7.3) and its analytic gradient (7.4)
+# Closed-form integration (docs/ditask.md 7.2-7.3) and its analytic gradient (7.4)
 # ----------------------------------------------------------------------------------------------
 def _crossing(x, t, c, coeff, base, nc: int):
     """One step of difw's loop for every lane: the coefficients of the current cell and, for the
@@ -294,7 +296,7 @@ def cpa_transform(x: torch.Tensor, theta: torch.Tensor, nc: int, T: float = 1.0,
 
 
 # ----------------------------------------------------------------------------------------------
-# Singular-value warp (DITASK.md 2.3), packed over many spectra
+# Singular-value warp (docs/ditask.md 2.3), packed over many spectra
 # ----------------------------------------------------------------------------------------------
 def resample(s: torch.Tensor, s_base: torch.Tensor, index: torch.Tensor, length: torch.Tensor,
              disp: torch.Tensor) -> torch.Tensor:
@@ -422,7 +424,7 @@ def warp_packed_torch(pack: SpectrumPack, s: torch.Tensor, coeff: torch.Tensor, 
 
 def warp_spectra(spectra: Sequence[torch.Tensor], theta: torch.Tensor, nc: int, T: float = 1.0,
                  zero_boundary: bool = True) -> list[torch.Tensor]:
-    """Warp several spectra of different lengths, spectrum l with ``theta[l]`` (DITASK.md 2.3).
+    """Warp several spectra of different lengths, spectrum l with ``theta[l]`` (docs/ditask.md 2.3).
 
     Args:
         spectra: L 1-D tensors (descending singular values; any lengths ≥ 2).

@@ -2,15 +2,15 @@
 
 Mantri, Schönlieb, Ribeiro, Baskaran, Bevilacqua, "DiTASK: Multi-Task Fine-Tuning with
 Diffeomorphic Transformations", CVPR 2025 (arXiv:2502.06029); official code
-ipsitmantri/DiTASK (backbone file in Malygossssss/DiTASK). Specification: DITASK.md.
+ipsitmantri/DiTASK (backbone file in Malygossssss/DiTASK). Specification: docs/ditask.md.
 
 Every qkv / proj / fc1 / fc2 of every Swin block keeps its pretrained singular vectors and has its
-singular values warped by a 1-D CPA diffeomorphism: W' = U·diag(Warp_θ(s))·Vᵀ (DITASK.md 2). A
+singular values warped by a 1-D CPA diffeomorphism: W' = U·diag(Warp_θ(s))·Vᵀ (docs/ditask.md 2). A
 shared transform (θ with ``shared_cells − 1`` entries) adapts every layer; in the last block of
 every stage, proj / fc1 / fc2 also get per-task transforms of the *original* spectrum, which
-produce the per-task stage features through the task-branching block (DITASK.md 3). Trainable:
+produce the per-task stage features through the task-branching block (docs/ditask.md 3). Trainable:
 θ, and — as in the official code — the patch embedding, every LayerNorm, the relative-position
-bias tables and the PatchMerging reductions (DITASK.md 4.1). Frozen: the adapted weights and their
+bias tables and the PatchMerging reductions (docs/ditask.md 4.1). Frozen: the adapted weights and their
 biases. The SVDs are taken once, at build time (the official code recomputes them every forward;
 ``svd_recompute`` reproduces that cost).
 """
@@ -60,7 +60,7 @@ class DiTASKConfig(MethodConfig):
         shared_cells: CPA cells of the shared transform of every adapted layer (official Swin-T
             config: 64, i.e. 63 parameters per layer).
         task_cells: CPA cells of the per-task transforms (official: 4; 64 reproduces the paper's
-            1.61M parameter count, DITASK.md 4.3).
+            1.61M parameter count, docs/ditask.md 4.3).
         kernel: ``auto`` (fused Triton kernel on CUDA, PyTorch elsewhere), ``torch`` or ``triton``.
         dropout: dropout on the input of every adapted layer's shared path (official: 0.05).
         init: ``uniform`` — θ ~ U(±1/√d) (kaiming-uniform with a = √5, as the official code) — or
@@ -70,7 +70,7 @@ class DiTASKConfig(MethodConfig):
         train_extras: train the patch embedding, norms, relative-position tables and PatchMerging
             reductions (official: yes); false freezes them.
         task_streams: per-task transforms in the last block of every stage (the multi-task
-            model); false gives the shared-only ("single-task") DiTASK of DITASK.md 4.3.
+            model); false gives the shared-only ("single-task") DiTASK of docs/ditask.md 4.3.
         residual: apply W' as W + U·diag(s'−s)·Vᵀ (the identity warp then reproduces the frozen
             layer bit for bit) instead of the official U·diag(s')·Vᵀ (default); both are equal up
             to the SVD's rounding error, but only the official form lets the factored way skip the

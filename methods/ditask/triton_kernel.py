@@ -1,8 +1,8 @@
 """Fused Triton kernels for the DiTASK singular-value warp of a whole model.
 
-One forward launch integrates the CPA velocity fields of every adapted layer (DITASK.md 7.3) and
-re-samples every spectrum (DITASK.md 2.3); one backward launch gives the gradient of the loss with
-respect to every layer's CPA coefficients (DITASK.md 7.4), from which autograd forms the gradient
+One forward launch integrates the CPA velocity fields of every adapted layer (docs/ditask.md 7.3) and
+re-samples every spectrum (docs/ditask.md 2.3); one backward launch gives the gradient of the loss with
+respect to every layer's CPA coefficients (docs/ditask.md 7.4), from which autograd forms the gradient
 in θ (A = B·θ is a tiny matmul outside the kernel). Spectra of different lengths and transforms of
 different cell counts (DiTASK's shared 64 / task 4) are described by the per-warp metadata of a
 :class:`~mtpeft_bench.methods.ditask.cpa.SpectrumPack`: ``(s_offset, k, coeff_offset, nc,

@@ -1,4 +1,4 @@
-"""Streaming evaluation meters, one per task kind (PROTOCOL.md 3), and Δm.
+"""Streaming evaluation meters, one per task kind (docs/protocol.md 3), and Δm.
 
 A meter never keeps a prediction: each :meth:`Meter.update` reduces the batch to a few sums, counts or
 histograms (``Meter.states``, float64 / int64 tensors) and :meth:`Meter.compute` turns them into the
@@ -42,7 +42,7 @@ normals — ``NormalsMeterV1`` with proper extras
     with an angle strictly below that.
 saliency — ``SaliencyMeterWithNoBeta`` (mIoU) and the InvPT/ATRC ``SaliencyMeter`` (maxF)
     p = sigmoid(logit), once (``options["double_sigmoid"]`` reproduces the reference's second
-    sigmoid for maxF, PROTOCOL.md 8 item 2). ``mIoU``: for each t in linspace(0.2, 0.9, 15), per image
+    sigmoid for maxF, docs/protocol.md 8 item 2). ``mIoU``: for each t in linspace(0.2, 0.9, 15), per image
     IoU(GT, p > t) over the valid pixels (:= 1 when both are empty), averaged over images (images
     without a valid pixel are skipped); the max over t of those means. ``maxF``: for t in
     0.05, 0.10, ..., 0.95, pixel-pooled over the dataset TP / predicted (p ≥ t) / actual counts,
@@ -71,7 +71,7 @@ edge — ``odsF`` (SEISM-equivalent boundary matching) and ``F_tol`` (a labelled
     higher than odsF.
 
 Predictions at another resolution than the targets (evaluation at the original image size,
-PROTOCOL.md 2 "MTI-Net") are brought to the target's size first by :func:`resize_prediction`.
+docs/protocol.md 2 "MTI-Net") are brought to the target's size first by :func:`resize_prediction`.
 
 Δm: :func:`delta_m` and :func:`per_task_delta` are re-exported from :mod:`mtpeft_bench.delta`.
 

@@ -1,7 +1,7 @@
 """How a raw head output is brought to its target's size, one rule per kind of output.
 
 Predictions at another resolution than the targets (evaluation at the original image size,
-PROTOCOL.md 2 "MTI-Net") are resized as MTI-Net resizes its post-processed predictions back to the
+docs/protocol.md 2 "MTI-Net") are resized as MTI-Net resizes its post-processed predictions back to the
 original image size: labels with nearest neighbour (OpenCV ``INTER_NEAREST``, i.e. on the argmax;
 nearest on logits gives the same labels), saliency and edges as probabilities with bilinear
 interpolation (returned as logits again, so the meters' sigmoid gives the interpolated

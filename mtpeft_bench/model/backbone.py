@@ -242,7 +242,7 @@ def stage_channels(backbone: nn.Module) -> list[int]:
 
 
 def feature_channels(backbone: nn.Module) -> list[int]:
-    """Channels of the encoder's four features (PROTOCOL.md 4.1): stages 1-3 after the next
+    """Channels of the encoder's four features (docs/protocol.md 4.1): stages 1-3 after the next
     stage's PatchMerging, stage 4 as is — [192, 384, 768, 768] for Swin-T."""
     stages = stage_channels(backbone)
     merged = [int(stage.downsample.reduction.out_features) for stage in list(backbone.layers)[1:]]

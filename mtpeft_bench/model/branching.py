@@ -3,7 +3,7 @@
 MTLoRA (Agiza et al., CVPR 2024) and DiTASK (Mantri et al., CVPR 2025) both specialise the last
 block of every stage: the window attention (its qkv and attention maps) is computed once and
 shared; the attention projection, the residual, the shared LayerNorm and the MLP then run once for
-the shared stream and once per task (PROTOCOL.md 5.1, DITASK.md 3.2). The shared stream continues
+the shared stream and once per task (docs/protocol.md 5.1, docs/ditask.md 3.2). The shared stream continues
 into the next stage; the task streams become that stage's task features.
 
 This module does that without copying timm's attention code. ``attn.proj`` is a per-token linear

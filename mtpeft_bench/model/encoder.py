@@ -1,6 +1,6 @@
 """The multi-task Swin encoder every method returns.
 
-``MultiTaskSwinEncoder(images)`` gives, per task, the four stage features of PROTOCOL.md 4.1 in
+``MultiTaskSwinEncoder(images)`` gives, per task, the four stage features of docs/protocol.md 4.1 in
 NCHW: the outputs of stages 1-3 after the following PatchMerging (which timm keeps at the start of
 the next stage), and the output of stage 4 — (192, 56²), (384, 28²), (768, 14²), (768, 14²) for
 Swin-T at 448 px. Shared-feature methods give every task the same tensors. With a stream factory

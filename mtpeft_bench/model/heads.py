@@ -1,4 +1,4 @@
-"""The per-task decoder, identical for every method (PROTOCOL.md 4.2).
+"""The per-task decoder, identical for every method (docs/protocol.md 4.2).
 
 MTLoRA/DiTASK's "hrnet" head (scale-lab/MTLoRA:models/swin_mtl.py ``Downsampler`` +
 models/seg_hrnet.py ``HighResolutionHead``): four bias-free 1x1 convolutions reduce the stage

@@ -4,8 +4,8 @@ A backbone parameter is one of :data:`BACKBONE_KINDS`, read from its name: ``pat
 its LayerNorm), ``norms`` (block and PatchMerging LayerNorms), ``rel_pos`` (relative-position bias
 tables), ``reductions`` (PatchMerging linear reductions) and ``linears`` (qkv/proj/fc1/fc2 weights
 and biases). The first four are the :data:`EXTRA_GROUPS` that MTLoRA and DiTASK train besides their
-own parameters (PROTOCOL.md 5.2, DITASK.md 4.1); the parameter report counts them together
-(PROTOCOL.md 5.3). Methods pick extras with :func:`extra_parameters` / :func:`set_extras_trainable`,
+own parameters (docs/protocol.md 5.2, docs/ditask.md 4.1); the parameter report counts them together
+(docs/protocol.md 5.3). Methods pick extras with :func:`extra_parameters` / :func:`set_extras_trainable`,
 the measurements and the leaderboard group parameters with :func:`backbone_param_kind`.
 
 Torch is not imported, so the leaderboard can read the group names without it.
@@ -43,7 +43,7 @@ def extra_parameters(backbone: "nn.Module", groups: Sequence[str] = EXTRA_GROUPS
     """The backbone's own "extra" parameters of the given kinds, taken before any injection.
 
     MTLoRA and DiTASK train, besides their own parameters, the patch embedding, every LayerNorm,
-    the relative-position bias tables and the PatchMerging reductions (PROTOCOL.md 5.2). Taking the
+    the relative-position bias tables and the PatchMerging reductions (docs/protocol.md 5.2). Taking the
     parameter objects before a method wraps layers keeps the selection to the original ones (an
     adapter parameter whose name contains ``norm`` is not an extra).
     """
@@ -55,7 +55,7 @@ def extra_parameters(backbone: "nn.Module", groups: Sequence[str] = EXTRA_GROUPS
 
 def set_extras_trainable(backbone: "nn.Module", trainable: bool = True, groups: Sequence[str] = EXTRA_GROUPS) -> None:
     """Set ``requires_grad`` of the backbone's "extra" parameters (:func:`extra_parameters`; DiTASK
-    trains them as MTLoRA does, DITASK.md 4.1). ``groups`` picks a subset of :data:`EXTRA_GROUPS`.
+    trains them as MTLoRA does, docs/ditask.md 4.1). ``groups`` picks a subset of :data:`EXTRA_GROUPS`.
     """
     for param in extra_parameters(backbone, groups):
         param.requires_grad_(trainable)

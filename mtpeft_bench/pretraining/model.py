@@ -35,7 +35,7 @@ class PretrainModel(nn.Module):
 
     ``forward(images (B, 3, H, W), mask (B, H/4, W/4) bool or None)`` → ``{"albedo": (B, 3, H, W),
     "pixels": (B, 3, H, W) or None, "logits": (B, K)}``. The albedo head is the benchmark's decoder
-    (:class:`~mtpeft_bench.model.heads.HRNetHead`) on the encoder's four features (PROTOCOL.md 4.1: stages
+    (:class:`~mtpeft_bench.model.heads.HRNetHead`) on the encoder's four features (docs/protocol.md 4.1: stages
     1-3 after the next PatchMerging, stage 4), so pretraining shapes the very features the benchmark's
     heads read. Only ``backbone`` is exported; the heads and the mask token are not.
     """

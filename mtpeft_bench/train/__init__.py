@@ -2,7 +2,7 @@
 
 Read top to bottom::
 
-    optim.py        AdamW, weight-decay groups, the warm-up + cosine Schedule (PROTOCOL.md 4.4)
+    optim.py        AdamW, weight-decay groups, the warm-up + cosine Schedule (docs/protocol.md 4.4)
     device.py       a batch onto the device; autocast (AMP on CUDA)
     trainer.py      Trainer: one step (loss, clipping, scaler, non-finite check), one epoch
     evaluation.py   evaluate(): streaming meters over the validation split

@@ -2,7 +2,7 @@
 
 ``torchrun --nproc_per_node N -m mtpeft_bench run ...`` starts N copies of the same command; each
 reads its rank from the environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``) and this module
-turns that into a :class:`DistContext`. The rules of a distributed run (PROTOCOL.md 6 and 8: the
+turns that into a :class:`DistContext`. The rules of a distributed run (docs/protocol.md 6 and 8: the
 reference code bases either do not wrap the model in DDP (MTLoRA) or report each rank's shard of
 the validation set without reducing it (DiTASK)):
 

@@ -1,4 +1,4 @@
-"""The optimizer and learning-rate schedule of every run (PROTOCOL.md 4.4).
+"""The optimizer and learning-rate schedule of every run (docs/protocol.md 4.4).
 
 AdamW (weight decay 0.05 except on 1-D parameters and biases, as in the Swin/MTLoRA code), LR
 linearly scaled by global batch / 512 (the caller scales :class:`Schedule`), timm's per-iteration
@@ -19,7 +19,7 @@ def param_groups_for_optimizer(model: nn.Module, weight_decay: float) -> list[di
 
     No decay for 1-D parameters (norms, biases, ...) and anything named ``*.bias``; 2-D tensors
     such as the relative-position bias tables and DiTASK's θ are decayed, as in the reference code
-    (PROTOCOL.md 4.4, DITASK.md 4.4).
+    (docs/protocol.md 4.4, docs/ditask.md 4.4).
     """
     decay, no_decay = [], []
     for name, param in model.named_parameters():

@@ -19,7 +19,7 @@ SWIN_T_C = (96, 192, 384, 768)
 SWIN_T_BLOCKS = (2, 2, 6, 2)
 SUM_BC = sum(b * c for b, c in zip(SWIN_T_BLOCKS, SWIN_T_C))  # Σ_blocks C = 4,416
 PASCAL_TASKS = ("semseg", "human_parts", "sal", "normals")
-# Counts taken from PROTOCOL.md 5.3 / ENV.md (recomputed from the reference code there).
+# Counts taken from docs/protocol.md 5.3 (recomputed from the reference code there).
 EXTRAS = 1_599_546
 REDUCTIONS = 1_548_288
 DECODER = 1_946_624
@@ -54,7 +54,7 @@ def trainable(groups) -> dict[str, int]:
 
 
 def reference_features(backbone, images):
-    """The encoder's four features computed with timm's own stage forwards (PROTOCOL.md 4.1)."""
+    """The encoder's four features computed with timm's own stage forwards (docs/protocol.md 4.1)."""
     x = backbone.patch_embed(images)
     outs = []
     for stage in backbone.layers:
