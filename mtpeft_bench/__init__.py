@@ -23,7 +23,7 @@ _LAZY = {
     "RunConfig": "mtpeft_bench.config",
     "load_results": "mtpeft_bench.results",
     "load_history": "mtpeft_bench.results",
-    "delta_m": "mtpeft_bench.delta",
+    "delta_m": "mtpeft_bench.report.delta",
     "method_registry": "mtpeft_bench.registry",
     "dataset_registry": "mtpeft_bench.registry",
     "register_method": "mtpeft_bench.registry",

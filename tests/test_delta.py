@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from mtpeft_bench.delta import delta_m, per_task_delta, primary_values
+from mtpeft_bench.report.delta import delta_m, per_task_delta, primary_values
 from mtpeft_bench.tasks.base import MetricSpec, TaskSpec
 
 # Single-task Swin-T baselines on PASCAL (docs/protocol.md 3.1).
@@ -84,7 +84,7 @@ def test_nan_metric_gives_nan():
 
 
 def test_delta_module_does_not_import_torch():
-    code = "import sys, mtpeft_bench.delta; assert 'torch' not in sys.modules and 'numpy' not in sys.modules"
+    code = "import sys, mtpeft_bench.report.delta; assert 'torch' not in sys.modules and 'numpy' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 
 

@@ -9,9 +9,10 @@ import textwrap
 
 import pytest
 
-from mtpeft_bench.baselines import compute_delta
-from mtpeft_bench.report import leaderboard, render, render_document
-from mtpeft_bench.results import load_results, read_records, write_json_atomic, write_record
+from mtpeft_bench.report.baselines import compute_delta
+from mtpeft_bench.report.rows import leaderboard, render, render_document
+from mtpeft_bench.atomic import write_json_atomic
+from mtpeft_bench.results import load_results, read_records, write_record
 
 
 SPECS = {

@@ -39,7 +39,7 @@ from pathlib import Path
 import pytest
 
 from mtpeft_bench.cli import main
-from mtpeft_bench.report import pareto_front
+from mtpeft_bench.report.rows import pareto_front
 from mtpeft_bench.results import load_history, load_results
 
 
@@ -236,7 +236,7 @@ def test_compare_and_plot_never_import_torch(tmp_path):
 def test_written_files_get_the_usual_permissions(tmp_path):
     import os
 
-    from mtpeft_bench.results import write_json_atomic, write_text_atomic
+    from mtpeft_bench.atomic import write_json_atomic, write_text_atomic
 
     umask = os.umask(0o022)
     try:

@@ -49,7 +49,7 @@ Examples:
 @click.option("--output", "-o", default=None, help="Write to this file instead of standard output.")
 def compare(results_dir, dataset, methods, tags, fmt, sort, reference, param_groups, baseline_method, output):
     """Leaderboard of all runs: per-task metrics, Δm, Pareto front, parameters, FLOPs, memory, speed."""
-    from mtpeft_bench.report import leaderboard, render_document, with_published
+    from mtpeft_bench.report.rows import leaderboard, render_document, with_published
     from mtpeft_bench.results import read_records
 
     path = Path(results_dir)
@@ -67,7 +67,7 @@ def compare(results_dir, dataset, methods, tags, fmt, sort, reference, param_gro
         raise UserError(f"no completed runs under {path}" + (f" for {wanted}" if wanted else ""))
     text = render_document(rows, fmt, baseline_method=baseline_method, param_groups=param_groups)
     if output:
-        from mtpeft_bench.results import write_text_atomic
+        from mtpeft_bench.atomic import write_text_atomic
 
         click.echo(f"wrote {write_text_atomic(Path(output), text)}")
     else:
@@ -101,7 +101,7 @@ def plot(results_dir, out, dataset, methods, tags, reference, baseline_method, f
     records = read_records(path)
     if not records:
         raise UserError(f"no result files under {path}")
-    from mtpeft_bench.plots import plot_all
+    from mtpeft_bench.report.plots import plot_all
 
     try:
         written = plot_all(records, Path(out), dataset=dataset, methods=split_list(methods), tags=split_list(tags),

@@ -73,7 +73,7 @@ edge — ``odsF`` (SEISM-equivalent boundary matching) and ``F_tol`` (a labelled
 Predictions at another resolution than the targets (evaluation at the original image size,
 docs/protocol.md 2 "MTI-Net") are brought to the target's size first by :func:`resize_prediction`.
 
-Δm: :func:`delta_m` and :func:`per_task_delta` are re-exported from :mod:`mtpeft_bench.delta`.
+Δm: :func:`delta_m` and :func:`per_task_delta` are re-exported from :mod:`mtpeft_bench.report.delta`.
 
 Modules: :mod:`~mtpeft_bench.metrics.base` (the :class:`Meter` protocol), one per kind
 (:mod:`~mtpeft_bench.metrics.segmentation`, :mod:`~mtpeft_bench.metrics.depth`,
@@ -89,7 +89,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from mtpeft_bench.delta import delta_m, per_task_delta
+from mtpeft_bench.report.delta import delta_m, per_task_delta
 from mtpeft_bench.metrics.base import Meter
 from mtpeft_bench.metrics.depth import DepthMeter
 from mtpeft_bench.metrics.edge import EDGE_THRESHOLDS, EdgeMeter

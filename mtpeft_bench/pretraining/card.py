@@ -22,7 +22,8 @@ from typing import Any
 
 from mtpeft_bench.pretraining.config import PretrainConfig
 from mtpeft_bench.pretraining import weights
-from mtpeft_bench.results import read_records, write_json_atomic
+from mtpeft_bench.atomic import write_json_atomic
+from mtpeft_bench.results import read_records
 
 
 def objective_text(cfg: PretrainConfig) -> str:

@@ -6,7 +6,7 @@ a folder ``NAME.ckpt/`` with ``state.json`` (step, configuration, loss history) 
 Run checkpoints are one file with ``model/``-prefixed names, RNG states and a format version;
 pretraining needs no RNG state (every batch is a function of the step), and checkpoints written
 before this module existed must keep resuming. Both files go through the package's atomic writer
-(:func:`mtpeft_bench.results.atomic_file`).
+(:func:`mtpeft_bench.atomic.atomic_file`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from mtpeft_bench.digest import sha256_of
 from mtpeft_bench.errors import UserError
 from mtpeft_bench.pretraining.config import PretrainConfig
 from mtpeft_bench.pretraining.model import PretrainModel
-from mtpeft_bench.results import atomic_file, write_json_atomic
+from mtpeft_bench.atomic import atomic_file, write_json_atomic
 
 
 def _save_safetensors_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:

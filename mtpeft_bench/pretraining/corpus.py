@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from mtpeft_bench.errors import UserError
-from mtpeft_bench.results import atomic_file
+from mtpeft_bench.atomic import atomic_file
 from mtpeft_bench.tasks.synth.cache import default_cache_root
 from mtpeft_bench.tasks.synth.geometry import camera_rays, cast_rays
 from mtpeft_bench.tasks.synth.pool import default_workers, progress_bar, run_chunks

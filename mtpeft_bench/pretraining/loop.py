@@ -20,7 +20,7 @@ from mtpeft_bench.pretraining.config import PretrainConfig
 from mtpeft_bench.pretraining.corpus import CorpusConfig, load_corpus, load_geometry
 from mtpeft_bench.pretraining.losses import pretrain_losses
 from mtpeft_bench.pretraining.model import build_pretrain_model
-from mtpeft_bench.results import write_json_atomic
+from mtpeft_bench.atomic import write_json_atomic
 
 
 def pretrain(cfg: PretrainConfig, out: Path, *, progress: bool = True, checkpoint_every: int = 200,

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from mtpeft_bench.results import write_json_atomic
+from mtpeft_bench.atomic import write_json_atomic
 
 
 CHECKPOINT_NAME = "last.safetensors"

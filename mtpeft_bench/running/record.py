@@ -155,7 +155,7 @@ def build_record(resolved: ResolvedRun, run_hash: str, ctx: Any, device: Any, se
 def write_result(out: Path, record: dict[str, Any]) -> Path:
     """Add Δm (against the single-task baselines among the records under ``out`` and this one), write
     the record into ``out`` and note its path in ``record["_path"]``."""
-    from mtpeft_bench.baselines import compute_delta
+    from mtpeft_bench.report.baselines import compute_delta
     from mtpeft_bench.results import read_records, write_record
 
     others = read_records(out)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from mtpeft_bench.errors import UserError
-from mtpeft_bench.results import atomic_file, json_default
+from mtpeft_bench.atomic import atomic_file, json_default
 
 
 FORMAT_VERSION = 1

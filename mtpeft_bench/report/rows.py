@@ -7,7 +7,7 @@ memory, training and inference images/s and latency at batch 1 (merged too, wher
 merge). Several seeds of a row are shown as mean ± sample standard deviation. Published reference
 rows (``tasks/reference/<dataset>.yaml``, section ``published_rows``) can be shown beside the
 suite's runs; they are marked as published and never enter the Pareto front. The rows are
-turned into text by :mod:`mtpeft_bench.tables` (re-exported here: ``render``, ``table``, ...).
+turned into text by :mod:`mtpeft_bench.report.tables` (re-exported here: ``render``, ``table``, ...).
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ import json
 
 from typing import Any, Iterable, Mapping, Sequence
 
-from mtpeft_bench.baselines import compute_delta, load_reference
-from mtpeft_bench.delta import delta_m
+from mtpeft_bench.report.baselines import compute_delta, load_reference
+from mtpeft_bench.report.delta import delta_m
 from mtpeft_bench.model.params import EXTRA_GROUPS
-from mtpeft_bench.tables import (FORMATS, csv_table, latex_escape, mean_std, notes, render,  # noqa: F401
+from mtpeft_bench.report.tables import (FORMATS, csv_table, latex_escape, mean_std, notes, render,  # noqa: F401
                                  render_document, table)
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any, Iterable, Mapping
 
-from mtpeft_bench.delta import delta_m
+from mtpeft_bench.report.delta import delta_m
 
 
 def _primary(record: Mapping[str, Any], task: str) -> tuple[str, bool]:

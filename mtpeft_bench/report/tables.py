@@ -1,4 +1,4 @@
-"""Leaderboard rows (from :mod:`mtpeft_bench.report`) as text: Markdown, CSV, LaTeX, HTML. Torch-free.
+"""Leaderboard rows (from :mod:`mtpeft_bench.report.rows`) as text: Markdown, CSV, LaTeX, HTML. Torch-free.
 
 Seeds are shown as mean ± sample standard deviation; optional columns (GFLOPs, memory, images/s,
 latency, merged latency, the source of published rows, parameter groups) appear only when some

@@ -21,7 +21,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from mtpeft_bench.report import leaderboard, mean_std, with_published
+from mtpeft_bench.report.rows import leaderboard, mean_std, with_published
 from mtpeft_bench.results import history_rows
 
 
@@ -109,7 +109,7 @@ def _label_bars(ax) -> None:
 
 
 def _save(fig, path: Path) -> Path:
-    from mtpeft_bench.results import write_text_atomic
+    from mtpeft_bench.atomic import write_text_atomic
 
     import io
 
