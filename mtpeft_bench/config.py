@@ -7,7 +7,7 @@ plugins' ``Config`` dataclasses and are set with ``--set method.<key>=<value>`` 
 Presets:
 
 - ``smoke``: a micro Swin at 64 px with mtbench's built-in pretrained weights (``--weights
-  builtin``, :mod:`mtpeft_bench.pretraining.weights`), a few hundred steps: a check that everything
+  builtin``, :mod:`mtpeft_bench.model.builtin_weights`), a few hundred steps: a check that everything
   runs end to end (under 2 minutes on 2 CPU cores), not a result.
 - ``cpu``: a run worth reading on a CPU: the mini Swin (``swin_mini``) with its built-in
   pretrained weights at the dataset's native size on ``synth``; works offline.

@@ -16,7 +16,7 @@ from mtpeft_bench.config import resolve
 from mtpeft_bench.digest import sha256_of
 from mtpeft_bench.errors import UserError
 from mtpeft_bench.model.backbone import create_backbone
-from mtpeft_bench.pretraining import weights as builtin_weights
+from mtpeft_bench.model import builtin_weights
 
 
 SHIPPED = ("swin_micro", "swin_mini")

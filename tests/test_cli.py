@@ -95,7 +95,7 @@ def test_smoke_run_then_compare_with_suite_baselines(capsys, tmp_path):
                 "environment", "history", "task_specs", "recipe_key"):
         assert key in record
     # the smoke preset runs on the shipped pretrained micro Swin (mtpeft_bench/weights)
-    from mtpeft_bench.pretraining.weights import card
+    from mtpeft_bench.model.builtin_weights import card
 
     assert record["weights"]["source"] == "builtin"
     assert record["weights"]["sha256"] == card()["models"]["swin_micro"]["sha256"]

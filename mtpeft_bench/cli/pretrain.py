@@ -63,7 +63,7 @@ def pretrain(config_name, seed, steps, batch_size, out, sets, checkpoint_every, 
                f"final loss {last.get('loss', float('nan')):.4f}" + (f" ({terms})" if terms else ""))
     click.echo(f"weights: {record['weights']} (sha256 {record['sha256']})")
     if check_card:
-        from mtpeft_bench.pretraining.weights import card
+        from mtpeft_bench.model.builtin_weights import card
 
         entry = card()["models"].get(cfg.backbone)
         if entry is None:

@@ -11,7 +11,7 @@ Weights (``--weights``):
 - ``timm``: the pretrained weights of the timm model name from the Hugging Face hub
   (``swin_tiny_patch4_window7_224`` is the ImageNet-1k checkpoint; append a tag such as
   ``.ms_in22k`` to the backbone name for another);
-- ``builtin``: the small backbones mtbench pretrained itself; :mod:`mtpeft_bench.pretraining.weights`
+- ``builtin``: the small backbones mtbench pretrained itself; :mod:`mtpeft_bench.model.builtin_weights`
   finds the shipped file and checks it against the model card, this module loads it;
 - a path to ``.safetensors``, ``.pth`` or ``.pt``: a timm state dict or an original Microsoft
   Swin checkpoint (``{"model": ...}``), converted by :func:`convert_swin_state` (timm's own
@@ -29,7 +29,7 @@ from torch import nn
 
 from mtpeft_bench.digest import sha256_of
 from mtpeft_bench.errors import UserError
-from mtpeft_bench.pretraining import weights as builtin_weights
+from mtpeft_bench.model import builtin_weights
 
 
 # Small Swin configurations for CPU runs; none of them has hub weights (mtbench ships its own: --weights builtin).

@@ -28,10 +28,9 @@ format ``--weights PATH`` and ``--weights builtin`` load), ``NAME.json`` (config
 loss history, time), and the checkpoint ``NAME.ckpt/`` (``state.safetensors`` + ``state.json``,
 written atomically every ``checkpoint_every`` steps).
 
-Modules (each depends only on those above it, and on the core package):
+Modules (each depends only on those above it, and on the core package; the files this produces ship
+in ``mtpeft_bench/weights/`` and are found by :mod:`mtpeft_bench.model.builtin_weights`):
 
-- :mod:`~mtpeft_bench.pretraining.weights`: the shipped weights and their model card (``--weights
-  builtin``; :mod:`mtpeft_bench.model.backbone` asks it for a verified file, it imports nothing of the rest);
 - :mod:`~mtpeft_bench.pretraining.corpus`: the procedural outdoor corpus (drawn with the ``synth`` renderer);
 - :mod:`~mtpeft_bench.pretraining.config`: :class:`~mtpeft_bench.pretraining.config.PretrainConfig`;
 - :mod:`~mtpeft_bench.pretraining.model`: the backbone with the pretraining heads;

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mtpeft_bench.pretraining.config import PretrainConfig
-from mtpeft_bench.pretraining import weights
+from mtpeft_bench.model import builtin_weights as weights
 from mtpeft_bench.atomic import write_json_atomic
 from mtpeft_bench.results import read_records
 
