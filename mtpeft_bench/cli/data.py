@@ -52,8 +52,7 @@ def prepare(dataset, source, data_root, symlink):
     from mtpeft_bench.tasks.prepare import prepare as prepare_dataset
 
     plugin = _plugin(dataset, (), "data prepare", downloaded=True)
-    dest = prepare_dataset(plugin, Path(source), _data_root(data_root), symlink=symlink,
-                           progress=lambda msg: click.echo(msg, err=True))
+    dest = prepare_dataset(plugin, Path(source), _data_root(data_root), symlink=symlink)  # progress: logged
     click.echo(f"{dataset}: ready in {dest}; use --data-root {dest.parent} (or MTBENCH_DATA={dest.parent}); "
                f"`mtbench data verify {dataset} --data-root {dest.parent}` checks every file")
 

@@ -15,6 +15,7 @@ values. Options renamed to keep it so accept their old spelling for one release
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import click
@@ -126,8 +127,10 @@ def resolve_config(dataset: str, options: Mapping[str, Any], **fields: Any) -> R
     from mtpeft_bench.config import parse_sets
     from mtpeft_bench.running.setup import resolve_config as resolve_run_config  # the one resolution of every entry point
 
-    return resolve_run_config(options.get("preset"), {"dataset": dataset, **fields, **config_fields(options)},
-                              parse_sets(options.get("sets", ())))
+    cfg = resolve_run_config(options.get("preset"), {"dataset": dataset, **fields, **config_fields(options)},
+                             parse_sets(options.get("sets", ())))
+    logging.getLogger("mtpeft_bench").debug(f"mtbench: resolved configuration: {cfg}")  # shown by mtbench -v
+    return cfg
 
 
 def command_line(options: Mapping[str, Any]) -> list[str]:

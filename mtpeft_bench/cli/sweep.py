@@ -42,7 +42,7 @@ def sweep(method, dataset, old_methods, old_datasets, seeds, print_commands, npr
     re-issue one after a preemption).
     """
     from mtpeft_bench.config import parse_sets
-    from mtpeft_bench.running.summary import log_to_stderr, print_summary
+    from mtpeft_bench.running.summary import LOG, print_summary
     from mtpeft_bench.running.sweep import classify, expand, run_grid, torchrun_command
 
     methods = require(new_or_old(method, old_methods, "--method", "--methods"), "--method")
@@ -65,7 +65,7 @@ def sweep(method, dataset, old_methods, old_datasets, seeds, print_commands, npr
 
     def echo(message: str) -> None:
         if main_process:
-            click.echo(message, err=True)
+            LOG.info(message)
 
     counts = {s: sum(p.state == s for p in points) for s in ("done", "resume", "new")}
     echo(f"sweep: {len(points)} runs: {counts['done']} completed (skipped), {counts['resume']} to resume, "
@@ -79,7 +79,6 @@ def sweep(method, dataset, old_methods, old_datasets, seeds, print_commands, npr
                 click.echo(torchrun_command(point, run_args, nproc_per_node, nnodes))
         return
 
-    log_to_stderr()
     result = run_grid(points, echo, show=print_summary)
     echo(f"sweep: {len(result.completed)} completed, {len(result.skipped)} skipped, {len(result.failed)} failed")
     if result.failed:
