@@ -188,3 +188,13 @@ def test_verbose_is_accepted_and_quiet_and_verbose_exclude_each_other(capsys):
     assert code == 0 and "smoke" in out
     code, _, err = run_cli(["-q", "-v", "ls"], capsys)
     assert code == 2 and "exclude each other" in err
+
+
+def test_no_progress_also_hides_the_bar_of_generating_synth(capsys, tmp_path):
+    # data.num_train values no other test uses: each run generates its own synth cache first.
+    tiny = ["run", "--method", "full", "--preset", "smoke", "--tasks", "depth", "--set", "data.num_val=2",
+            "--set", "batch_size=4", "--epochs", "1"]
+    code, _, err = run_cli([*tiny, "--set", "data.num_train=6", "--out", str(tmp_path / "a")], capsys)
+    assert code == 0 and "synth: generating" in err
+    code, _, err = run_cli([*tiny, "--set", "data.num_train=7", "--no-progress", "--out", str(tmp_path / "b")], capsys)
+    assert code == 0 and "synth: generating" not in err
