@@ -124,6 +124,10 @@ class DatasetPlugin:
         default_preset: the preset ``mtbench run`` uses when none is given.
         reference: name of the file in ``tasks/reference/`` with published numbers, if any.
         Config: a frozen dataclass of options (``--set data.key=value``).
+
+    Set by the runner on an instance:
+        progress: whether work done on first use (generating a dataset) may show a progress bar;
+            a run sets it from its ``progress`` setting (``--no-progress``).
     """
 
     name: ClassVar[str]
@@ -137,6 +141,7 @@ class DatasetPlugin:
     default_preset: ClassVar[str] = "paper"
     reference: ClassVar[str | None] = None
     Config: ClassVar[type] = DatasetConfig
+    progress: bool = True
 
     def __init__(self, config: Any = None):
         self.config = config if config is not None else self.Config()

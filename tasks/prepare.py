@@ -11,6 +11,7 @@ land outside the folder (absolute paths, ``..``, links out) are refused. A folde
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import tarfile
@@ -20,6 +21,9 @@ from typing import Any, Callable
 
 from mtpeft_bench.errors import UserError
 from mtpeft_bench.tasks.roots import ARCHIVE_SUFFIXES, default_data_root, has_markers
+
+# Progress lines ("extracting ...", "copying ...") go to the mtpeft_bench logger, which a caller may silence.
+log = logging.getLogger(__name__)
 
 
 def find_in_tree(top: Path, markers: tuple[str, ...], depth: int = 2) -> Path | None:
@@ -55,7 +59,7 @@ def _safe_members(archive: tarfile.TarFile, dest: Path) -> list[tarfile.TarInfo]
     return members
 
 
-def extract(archive_path: Path, dest: Path, progress: Callable[[str], None] = print) -> None:
+def extract(archive_path: Path, dest: Path, progress: Callable[[str], None] = log.info) -> None:
     """Extract a .tgz/.tar.gz/.tar into ``dest`` (which exists), refusing unsafe members."""
     try:
         with tarfile.open(archive_path, "r:*") as archive:
@@ -75,7 +79,7 @@ def _link_or_copy(src: str, dst: str) -> None:
 
 
 def prepare(plugin: Any, source: Path, data_root: Path | None, symlink: bool = False,
-            progress: Callable[[str], None] = print) -> Path:
+            progress: Callable[[str], None] = log.info) -> Path:
     """Put ``plugin``'s dataset from ``source`` under ``data_root``; return the dataset folder.
 
     Raises:

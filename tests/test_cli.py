@@ -35,7 +35,7 @@ TINY = ["--set", "data.num_train=24", "--set", "data.num_val=6", "--set", "batch
     (["run"], "Missing option '--method'"),
     (["compare", "--results", "/nonexistent/results"], "no results folder"),
     (["params", "--method", "full", "--dataset", "synth", "--preset", "smoke", "--tasks", "x"], "no task 'x'"),
-    (["data", "show", "synth", "--out", "x.png", "--split", "test"], "no split 'test'"),
+    (["data", "show", "synth", "--output", "x.png", "--split", "test"], "no split 'test'"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -56,7 +56,7 @@ def test_unwritable_output_is_reported_before_training(capsys, tmp_path):
 
 
 def test_params_json_swin_t_pascal(capsys):
-    code, out, _ = run_cli(["params", "--method", "full", "--dataset", "pascal_mt", "--json"], capsys)
+    code, out, _ = run_cli(["params", "--method", "full", "--dataset", "pascal_mt", "--format", "json"], capsys)
     assert code == 0
     info = json.loads(out)
     assert info["tasks"] == ["semseg", "human_parts", "sal", "normals"]
@@ -130,7 +130,7 @@ def test_example_plugin_runs_end_to_end(capsys, tmp_path, example_plugin):
 
 def test_data_show_writes_png(capsys, tmp_path):
     target = tmp_path / "grid.png"
-    code, out, err = run_cli(["data", "show", "synth", "--out", str(target), "--n", "2", "--set", "data.num_train=4",
+    code, out, err = run_cli(["data", "show", "synth", "--output", str(target), "--n", "2", "--set", "data.num_train=4",
                               "--set", "data.num_val=2"], capsys)
     assert code == 0, err
     assert target.stat().st_size > 1000 and target.read_bytes()[:4] == b"\x89PNG"

@@ -420,6 +420,7 @@ def test_swin_t_pascal_parameter_counts():
     from mtpeft_bench.cli import cli
 
     for sets, expected in (([], 1_602_858), (["--set", "method.task_cells=64"], 1_608_618)):
-        result = CliRunner().invoke(cli, ["params", "--method", "ditask", "--dataset", "pascal_mt", "--json", *sets])
+        result = CliRunner().invoke(cli, ["params", "--method", "ditask", "--dataset", "pascal_mt", "--format", "json",
+                                          *sets])
         assert result.exit_code == 0, result.output
         assert json.loads(result.output)["summary"]["encoder_trainable"] == expected

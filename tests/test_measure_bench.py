@@ -22,7 +22,7 @@ def bench(capsys, *args):
 
 
 def test_bench_json_and_table(capsys, lowrank_method):
-    code, out, err = bench(capsys, "--method", "lowrank_fc2", *SMALL, "--json")
+    code, out, err = bench(capsys, "--method", "lowrank_fc2", *SMALL, "--format", "json")
     assert code == 0, err
     result = json.loads(out)
     models = result["models"]

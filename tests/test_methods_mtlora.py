@@ -248,7 +248,7 @@ def test_params_command_reports_the_papers_rank64_figures(capsys):
     from mtpeft_bench.cli import main
 
     with pytest.raises(SystemExit) as info:
-        main(["params", "--method", "mtlora", "--dataset", "pascal_mt", "--set", "method.rank=64", "--json"])
+        main(["params", "--method", "mtlora", "--dataset", "pascal_mt", "--set", "method.rank=64", "--format", "json"])
     out, _ = capsys.readouterr()
     assert info.value.code == 0
     summary = json.loads(out)["summary"]

@@ -172,11 +172,11 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     (["--set", "bogus=1"], "unknown pretraining setting 'bogus'"),
     (["--set", "mask_ratio=1.5"], "mask_ratio must be in [0, 1)"),
     (["--steps", "0"], "steps must be positive"),
-    (["--out", "x.pt"], "must name a .safetensors file"),
+    (["--output", "x.pt"], "must name a .safetensors file"),
 ])
 def test_bad_pretrain_input_is_one_line(args, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    argv = ["pretrain", "--out", "w.safetensors", *args] if "--out" not in args else ["pretrain", *args]
+    argv = ["pretrain", "--output", "w.safetensors", *args] if "--output" not in args else ["pretrain", *args]
     with pytest.raises(SystemExit) as info:
         main(argv)
     err = capsys.readouterr().err

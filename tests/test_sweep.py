@@ -16,7 +16,7 @@ from mtpeft_bench.cli.options import parse_seeds
 from mtpeft_bench.train import Trainer
 
 
-GRID = ["sweep", "--methods", "full,decoder_only", "--datasets", "synth", "--seeds", "0,1", "--preset", "smoke",
+GRID = ["sweep", "--method", "full,decoder_only", "--dataset", "synth", "--seeds", "0,1", "--preset", "smoke",
         "--tasks", "semseg,depth", "--set", "data.num_train=8", "--set", "data.num_val=4", "--batch-size", "4",
         "--epochs", "1", "--no-progress"]
 

@@ -12,11 +12,15 @@ One module per command group:
     pretrain.py  pretrain               pretraining a built-in backbone
 
 Commands import torch only when they need it: ``ls`` and ``compare`` never do. Bad input is
-answered with one line on stderr and exit status 2, never a traceback.
+answered with one line on stderr and exit status 2, never a traceback. What the library logs
+(``mtpeft_bench`` logger: a run's progress, a sweep's steps, warnings) goes to stderr at INFO;
+``-q`` keeps only warnings and errors, ``-v`` adds DEBUG. A command's result (tables, JSON, the
+run summary) is printed on stdout whatever the level.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import click
@@ -27,12 +31,19 @@ from mtpeft_bench.errors import UserError
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(package_name="mtpeft-bench", prog_name="mtbench")
-def cli() -> None:
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors on stderr (results still print).")
+@click.option("-v", "--verbose", is_flag=True, help="Also debug messages on stderr.")
+def cli(quiet: bool, verbose: bool) -> None:
     """mtbench: multi-task parameter-efficient fine-tuning of Swin transformers on dense prediction.
 
     One training loop, one set of heads, one protocol for every method; results as JSON,
     leaderboards with Δm, parameters, memory and speed.
     """
+    from mtpeft_bench.running.summary import log_to_stderr
+
+    if quiet and verbose:
+        raise click.UsageError("-q/--quiet and -v/--verbose exclude each other")
+    log_to_stderr(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
 
 
 for _command in (run.run, sweep.sweep, measure.params, measure.bench, report.compare, report.plot, ls.ls, data.data,

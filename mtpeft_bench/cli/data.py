@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from mtpeft_bench.cli.options import prefixed_settings, run_options, split_list
+from mtpeft_bench.cli.options import new_or_old, old_spelling, prefixed_settings, require, run_options, split_list
 from mtpeft_bench.errors import UserError
 
 
@@ -16,7 +16,8 @@ EXAMPLES = """\b
 Examples:
   mtbench data prepare pascal_mt --from ~/Downloads/PASCAL_MT.tgz --data-root ~/data
   mtbench data prepare nyud --from ~/Downloads/NYUD_MT --data-root ~/data --symlink
-  mtbench data verify pascal_mt --data-root ~/data
+  mtbench data verify pascal_mt --data-root ~/data --split train,val
+  mtbench data show synth --output grid.png --n 4
 """
 
 
@@ -51,8 +52,7 @@ def prepare(dataset, source, data_root, symlink):
     from mtpeft_bench.tasks.prepare import prepare as prepare_dataset
 
     plugin = _plugin(dataset, (), "data prepare", downloaded=True)
-    dest = prepare_dataset(plugin, Path(source), _data_root(data_root), symlink=symlink,
-                           progress=lambda msg: click.echo(msg, err=True))
+    dest = prepare_dataset(plugin, Path(source), _data_root(data_root), symlink=symlink)  # progress: logged
     click.echo(f"{dataset}: ready in {dest}; use --data-root {dest.parent} (or MTBENCH_DATA={dest.parent}); "
                f"`mtbench data verify {dataset} --data-root {dest.parent}` checks every file")
 
@@ -60,7 +60,7 @@ def prepare(dataset, source, data_root, symlink):
 @click.command("verify", epilog=EXAMPLES)
 @click.argument("dataset")
 @run_options("data_root")
-@click.option("--split", "splits", multiple=True, help="Only this split (repeatable; default: all).")
+@click.option("--split", "splits", multiple=True, help="Only these splits (comma-separated or repeated; default: all).")
 @click.option("--strict", is_flag=True, help="Also fail when a split's size differs from the official one.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--set", "sets", multiple=True, metavar="data.KEY=VALUE", help="Dataset options.")
@@ -78,7 +78,8 @@ def verify(dataset, data_root, splits, strict, no_progress, sets):
 
         return tqdm(total=total, desc=f"verify {split}", unit="img", disable=no_progress, leave=False, file=sys.stderr)
 
-    report = verify_dataset(plugin, _data_root(data_root), splits or None, progress=bar)
+    chosen = [name for value in splits for name in split_list(value) or ()]
+    report = verify_dataset(plugin, _data_root(data_root), list(dict.fromkeys(chosen)) or None, progress=bar)
     for note in report.notes:
         click.echo(f"note: {note}")
     for problem in report.problems:
@@ -92,16 +93,18 @@ def verify(dataset, data_root, splits, strict, no_progress, sets):
     sys.exit(1)
 
 
-@click.command("show")
+@click.command("show", epilog=EXAMPLES)
 @click.argument("dataset")
-@click.option("--out", required=True, help="PNG file to write.")
+@click.option("--output", "-o", default=None, help="PNG file to write (required).")
+@old_spelling("--out", "old_out", "--output")
 @click.option("--n", "count", default=4, show_default=True, help="Number of samples.")
 @click.option("--split", default="val", show_default=True)
 @click.option("--tasks", "-t", default=None, help="Comma-separated tasks (default: all of the dataset's tasks).")
 @run_options("data_root")
 @click.option("--set", "sets", multiple=True, metavar="data.KEY=VALUE", help="Dataset options.")
-def show(dataset, out, count, split, tasks, data_root, sets):
+def show(dataset, output, old_out, count, split, tasks, data_root, sets):
     """Draw a few samples with every task map into a PNG."""
+    output = require(new_or_old(output, old_out, "--output", "--out"), "--output")
     from mtpeft_bench.running.setup import data_root_for
     from mtpeft_bench.viz import draw_samples
 
@@ -113,5 +116,5 @@ def show(dataset, out, count, split, tasks, data_root, sets):
     names = split_list(tasks) or tuple(plugin.tasks)
     specs = plugin.task_specs(names)
     root = data_root_for(plugin, data_root)  # --data-root, else $MTBENCH_DATA for a dataset on disk
-    path = draw_samples(plugin, specs, plugin.resolve_root(root), count, Path(out), split=split)
+    path = draw_samples(plugin, specs, plugin.resolve_root(root), count, Path(output), split=split)
     click.echo(f"wrote {path}")

@@ -9,23 +9,31 @@ import json
 
 import click
 
-from mtpeft_bench.cli.options import (MODEL_OPTIONS, dataset_option, method_option, prefixed_settings,
-                                      resolve_config, run_options, split_list)
+from mtpeft_bench.cli.options import (MODEL_OPTIONS, dataset_option, method_option, new_or_old, old_spelling,
+                                      prefixed_settings, resolve_config, run_options, split_list)
 from mtpeft_bench.errors import UserError
+
+
+# How both commands print their result; --json is the old spelling of --format json.
+format_option = click.option("--format", "fmt", type=click.Choice(["table", "json"]), default=None,
+                             help="table (default) or json.")
+old_json_option = old_spelling("--json", "old_json", "--format json", is_flag=True, flag_value="json")
 
 
 @click.command()
 @method_option
 @dataset_option
 @run_options(*MODEL_OPTIONS)
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def params(method, dataset, as_json, **options):
+@format_option
+@old_json_option
+def params(method, dataset, fmt, old_json, **options):
     """Print the grouped parameter counts of a method's model (no data, no training).
 
     The model is built at the dataset's image size for its task set, with random weights.
     """
     from tabulate import tabulate
 
+    fmt = new_or_old(fmt, old_json, "--format", "--json", default="table")
     cfg = resolve_config(dataset, options, method=method)
     from mtpeft_bench.model.backbone import create_backbone
     from mtpeft_bench.measure import parameter_groups, parameter_summary
@@ -43,7 +51,7 @@ def params(method, dataset, as_json, **options):
         "backbone": cfg.backbone, "image_size": list(resolved.image_size),
         "method_config": {k: v for k, v in vars(resolved.method_cfg).items()}, "groups": groups, "summary": summary,
     }
-    if as_json:
+    if fmt == "json":
         click.echo(json.dumps(info, indent=2, default=str))
         return
     click.echo(f"{cfg.method} on {cfg.dataset} [{', '.join(info['tasks'])}], {cfg.backbone} at "
@@ -60,6 +68,7 @@ Examples:
   mtbench bench --method decoder_only                      # micro Swin at 64 px, batch 8, vs full
   mtbench bench --method decoder_only --backbone swin_tiny_patch4_window7_224 --image-size 224 --batch-size 16
   mtbench bench --method <plugin> --set method.<key>=<value> --device cuda --amp
+  mtbench bench --method decoder_only --format json > bench.json
 """
 
 
@@ -76,12 +85,14 @@ Examples:
 @click.option("--device", default="auto", show_default=True, help="auto | cpu | cuda | cuda:N.")
 @click.option("--amp", is_flag=True, help="Autocast (CUDA only), as runs with amp=true.")
 @click.option("--set", "sets", multiple=True, metavar="method.KEY=VALUE", help="Options of --method.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@format_option
+@old_json_option
 def bench(method, baseline, dataset, tasks, backbone, image_size, batch_size, steps, warmup, device, amp, sets,
-          as_json):
+          fmt, old_json):
     """Time one method's training step and inference beside `full`, printed as ratios."""
     from mtpeft_bench.config import coerce_value, parse_value
 
+    as_json = new_or_old(fmt, old_json, "--format", "--json", default="table") == "json"
     method_options = prefixed_settings(sets, "method", "bench")
     size = coerce_value("image_size", parse_value(image_size), "")
     if min(size) < 32:

@@ -1,17 +1,25 @@
-"""Options and parsing shared by the commands: the run options (declared once, here), comma lists, seeds.
+"""Options and parsing shared by the commands: the run options (declared once, here), comma lists, seeds,
+and the old spellings of renamed options.
 
 ``mtbench run`` declares what a run is with :data:`RUN_OPTIONS`; ``params`` takes the part that
 builds the model and ``sweep`` takes all of them, so every command spells an option the same way.
 A command receives the run options it declares as keyword arguments (collect them with
 ``**options``); :func:`resolve_config` and :func:`config_fields` turn them into a run configuration,
 and :func:`command_line` writes them back as flags (for ``sweep --print-commands``).
+
+One flag means one thing in every command: ``--out`` is a folder, ``--output/-o`` a file,
+``--format`` the output's form, and a list option takes the singular name with comma-separated
+values. Options renamed to keep it so accept their old spelling for one release
+(:func:`old_spelling`, :func:`new_or_old`), each use printing one deprecation line on stderr.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import click
+from click.core import ParameterSource
 
 from mtpeft_bench.errors import UserError
 
@@ -74,7 +82,7 @@ def split_list(text: str | None) -> tuple[str, ...] | None:
 
 
 def parse_list(text: str | None, what: str) -> list[str]:
-    """A comma list that must name something (each name once), e.g. a sweep's ``--methods``."""
+    """A comma list that must name something (each name once), e.g. a sweep's ``--method``."""
     items = split_list(text)
     if not items:
         raise UserError(f"--{what} needs at least one name (comma-separated)")
@@ -119,8 +127,10 @@ def resolve_config(dataset: str, options: Mapping[str, Any], **fields: Any) -> R
     from mtpeft_bench.config import parse_sets
     from mtpeft_bench.running.setup import resolve_config as resolve_run_config  # the one resolution of every entry point
 
-    return resolve_run_config(options.get("preset"), {"dataset": dataset, **fields, **config_fields(options)},
-                              parse_sets(options.get("sets", ())))
+    cfg = resolve_run_config(options.get("preset"), {"dataset": dataset, **fields, **config_fields(options)},
+                             parse_sets(options.get("sets", ())))
+    logging.getLogger("mtpeft_bench").debug(f"mtbench: resolved configuration: {cfg}")  # shown by mtbench -v
+    return cfg
 
 
 def command_line(options: Mapping[str, Any]) -> list[str]:
@@ -152,3 +162,47 @@ def prefixed_settings(sets: tuple[str, ...], prefix: str, command: str) -> dict[
     if bad:
         raise UserError(f"{command} takes only {prefix}.<key>=<value> settings, not {', '.join(bad)}")
     return {k[len(prefix) + 1:]: v for k, v in overrides.items()}
+
+
+def deprecation_line(old: str, new: str) -> str:
+    """The one line on stderr that a use of the old spelling ``old`` of ``new`` prints."""
+    return f"mtbench: {old} is deprecated; use {new} (the old spelling will be removed in the next release)"
+
+
+def old_spelling(old: str, name: str, new: str, **settings: Any) -> Callable[[Callable], Callable]:
+    """Decorator adding ``old``, the previous spelling of ``new``, as a hidden option (kept one release).
+
+    Its value arrives as the keyword ``name`` (None when not given; merge it with
+    :func:`new_or_old`); given on the command line, it prints :func:`deprecation_line` once.
+    """
+    def warn(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if ctx.get_parameter_source(param.name) is ParameterSource.COMMANDLINE:
+            click.echo(deprecation_line(old, new), err=True)
+        return value
+
+    return click.option(old, name, hidden=True, default=None, callback=warn, **settings)
+
+
+def new_or_old(new_value: Any, old_value: Any, new: str, old: str, default: Any = None) -> Any:
+    """The value of an option given in its new spelling ``new`` or its old one ``old`` (else ``default``).
+
+    Raises:
+        click.UsageError: both spellings given.
+    """
+    if old_value is None:
+        return default if new_value is None else new_value
+    if new_value is not None:
+        raise click.UsageError(f"{old} is the old spelling of {new}; give only {new}",
+                              click.get_current_context(silent=True))
+    return old_value
+
+
+def require(value: Any, flag: str) -> Any:
+    """``value``, which a required option (or its old spelling) gave.
+
+    Raises:
+        click.UsageError: neither spelling was given (as click words a missing required option).
+    """
+    if value is None:
+        raise click.UsageError(f"Missing option '{flag}'.", click.get_current_context(silent=True))
+    return value

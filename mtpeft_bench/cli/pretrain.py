@@ -7,15 +7,16 @@ import sys
 
 import click
 
+from mtpeft_bench.cli.options import new_or_old, old_spelling, require
 from mtpeft_bench.errors import UserError
 
 
 EXAMPLES = """\b
 Examples:
-  mtbench pretrain --config micro --seed 0 --steps 700 --out /tmp/swin_micro.safetensors \
+  mtbench pretrain --config micro --seed 0 --steps 700 --output /tmp/swin_micro.safetensors \
       --set head=linear --set recon_weight=1 --set height_weight=1 --set group_weight=0.3   # the shipped micro
-  mtbench pretrain --config mini --steps 10 --out /tmp/check.safetensors --check-card   # vs the shipped card
-  mtbench pretrain --config mini --steps 400 --out /tmp/mini.safetensors --set mask_ratio=0.6
+  mtbench pretrain --config mini --steps 10 --output /tmp/check.safetensors --check-card   # vs the shipped card
+  mtbench pretrain --config mini --steps 400 --output /tmp/mini.safetensors --set mask_ratio=0.6
   mtbench run --method decoder_only --preset smoke --weights /tmp/swin_micro.safetensors
 """
 
@@ -25,18 +26,21 @@ Examples:
 @click.option("--seed", type=int, default=0, show_default=True, help="Initialisation and data/mask seed.")
 @click.option("--steps", type=int, default=None, help="Optimizer steps (default 3000).")
 @click.option("--batch-size", type=int, default=None, help="Images per step (default 32).")
-@click.option("--out", required=True, help="The .safetensors file to write (its log: .json, checkpoint: .ckpt/).")
+@click.option("--output", "-o", default=None,
+              help="The .safetensors file to write (required; its log: .json, checkpoint: .ckpt/).")
+@old_spelling("--out", "old_out", "--output")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
               help="Any other pretraining setting: lr, head, recon_weight, height_weight, group_weight, "
                    "mask_ratio, label_weight, corpus_images, threads, ... (repeatable).")
 @click.option("--checkpoint-every", type=int, default=200, show_default=True, help="Steps between checkpoints.")
 @click.option("--check-card", is_flag=True, help="Compare the first losses with the shipped model card's.")
 @click.option("--no-progress", is_flag=True, help="No progress bar (for log files).")
-def pretrain(config_name, seed, steps, batch_size, out, sets, checkpoint_every, check_card, no_progress):
+def pretrain(config_name, seed, steps, batch_size, output, old_out, sets, checkpoint_every, check_card, no_progress):
     """Pretrain a small Swin on the procedural corpus (deterministic on the CPU, resumable).
 
-    Running the same command again resumes from the checkpoint beside --out.
+    Running the same command again resumes from the checkpoint beside --output.
     """
+    output = require(new_or_old(output, old_out, "--output", "--out"), "--output")
     from mtpeft_bench.config import parse_sets
     from mtpeft_bench.pretraining.card import compare_first_losses
     from mtpeft_bench.pretraining.config import PretrainConfig
@@ -54,7 +58,7 @@ def pretrain(config_name, seed, steps, batch_size, out, sets, checkpoint_every, 
         raise UserError(f"invalid pretraining setting: {exc}") from None
     if checkpoint_every <= 0:
         raise UserError("--checkpoint-every must be positive")
-    record = run_pretrain(cfg, out, progress=not no_progress, checkpoint_every=checkpoint_every)
+    record = run_pretrain(cfg, output, progress=not no_progress, checkpoint_every=checkpoint_every)
     last = record["history"][-1] if record["history"] else {}
     # Every loss term the objective switched on (a term that is off is logged as exactly 0).
     terms = ", ".join(f"{k} {v:.4f}" for k, v in last.items()

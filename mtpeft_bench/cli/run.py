@@ -36,10 +36,9 @@ def run(method, dataset, seed, resume, **options):
     """
     cfg = resolve_config(dataset, options, method=method, seed=seed)
     from mtpeft_bench.running.pipeline import run as run_one
-    from mtpeft_bench.running.summary import log_to_stderr, print_summary
+    from mtpeft_bench.running.summary import print_summary
     from mtpeft_bench.train.failures import RunFailed
 
-    log_to_stderr()
     try:
         print_summary(run_one(cfg, resume=True if resume == "latest" else resume))
     except RunFailed as exc:

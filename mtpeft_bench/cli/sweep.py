@@ -1,28 +1,31 @@
 """``mtbench sweep``: run a grid of methods × datasets × seeds, or print it as torchrun commands.
 
 A sweep takes every option of ``mtbench run`` (:data:`~mtpeft_bench.cli.options.RUN_OPTIONS`) for
-all its runs; ``--methods``, ``--datasets`` and ``--seeds`` span the grid.
+all its runs; ``--method``, ``--dataset`` (comma lists) and ``--seeds`` span the grid.
 """
 
 from __future__ import annotations
 
 import click
 
-from mtpeft_bench.cli.options import command_line, config_fields, parse_list, parse_seeds, run_options
+from mtpeft_bench.cli.options import (command_line, config_fields, new_or_old, old_spelling, parse_list, parse_seeds,
+                                      require, run_options)
 from mtpeft_bench.errors import UserError
 
 
 EXAMPLES_SWEEP = """\b
 Examples:
-  mtbench sweep --methods full,decoder_only --datasets synth --seeds 0,1 --preset smoke
-  mtbench sweep --methods ditask,lora,mtlora --datasets pascal_mt --seeds 0-2 --data-root ~/data
-  mtbench sweep --methods ditask,mtlora --datasets nyud --seeds 0,1,2 --print-commands --nproc-per-node 8 > jobs.txt
+  mtbench sweep --method full,decoder_only --dataset synth --seeds 0,1 --preset smoke
+  mtbench sweep --method ditask,lora,mtlora --dataset pascal_mt --seeds 0-2 --data-root ~/data
+  mtbench sweep --method ditask,mtlora --dataset nyud --seeds 0,1,2 --print-commands --nproc-per-node 8 > jobs.txt
 """
 
 
 @click.command(epilog=EXAMPLES_SWEEP)
-@click.option("--methods", required=True, help="Comma-separated method plugins.")
-@click.option("--datasets", default="synth", show_default=True, help="Comma-separated dataset plugins.")
+@click.option("--method", "-m", default=None, help="Comma-separated method plugins (required).")
+@click.option("--dataset", "-d", default=None, help="Comma-separated dataset plugins (default: synth).")
+@old_spelling("--methods", "old_methods", "--method")
+@old_spelling("--datasets", "old_datasets", "--dataset")
 @click.option("--seeds", default="0", show_default=True, help="Seeds: 0,1,2 or 0-4.")
 @run_options()
 @click.option("--print-commands", is_flag=True,
@@ -30,7 +33,7 @@ Examples:
 @click.option("--nproc-per-node", type=int, default=1, show_default=True,
               help="With --print-commands: processes (GPUs) per node of each run.")
 @click.option("--nnodes", type=int, default=1, show_default=True, help="With --print-commands: nodes per run.")
-def sweep(methods, datasets, seeds, print_commands, nproc_per_node, nnodes, **options):
+def sweep(method, dataset, old_methods, old_datasets, seeds, print_commands, nproc_per_node, nnodes, **options):
     """Run every method × dataset × seed with one recipe, one run after another.
 
     Runs whose result (same configuration hash) is already in the results folder are skipped;
@@ -39,9 +42,11 @@ def sweep(methods, datasets, seeds, print_commands, nproc_per_node, nnodes, **op
     re-issue one after a preemption).
     """
     from mtpeft_bench.config import parse_sets
-    from mtpeft_bench.running.summary import log_to_stderr, print_summary
+    from mtpeft_bench.running.summary import LOG, print_summary
     from mtpeft_bench.running.sweep import classify, expand, run_grid, torchrun_command
 
+    methods = require(new_or_old(method, old_methods, "--method", "--methods"), "--method")
+    datasets = new_or_old(dataset, old_datasets, "--dataset", "--datasets", default="synth")
     if nproc_per_node < 1 or nnodes < 1:
         raise UserError("--nproc-per-node and --nnodes must be at least 1")
     if not print_commands and (nproc_per_node > 1 or nnodes > 1):
@@ -51,7 +56,7 @@ def sweep(methods, datasets, seeds, print_commands, nproc_per_node, nnodes, **op
     from mtpeft_bench.train.distributed import env_world_size
 
     world = nproc_per_node * nnodes if print_commands else env_world_size()
-    points = expand(parse_list(datasets, "datasets"), parse_list(methods, "methods"), parse_seeds(seeds),
+    points = expand(parse_list(datasets, "dataset"), parse_list(methods, "method"), parse_seeds(seeds),
                     options["preset"], fields, sets, world_size=world)
     classify(points)
     import os
@@ -60,7 +65,7 @@ def sweep(methods, datasets, seeds, print_commands, nproc_per_node, nnodes, **op
 
     def echo(message: str) -> None:
         if main_process:
-            click.echo(message, err=True)
+            LOG.info(message)
 
     counts = {s: sum(p.state == s for p in points) for s in ("done", "resume", "new")}
     echo(f"sweep: {len(points)} runs: {counts['done']} completed (skipped), {counts['resume']} to resume, "
@@ -74,7 +79,6 @@ def sweep(methods, datasets, seeds, print_commands, nproc_per_node, nnodes, **op
                 click.echo(torchrun_command(point, run_args, nproc_per_node, nnodes))
         return
 
-    log_to_stderr()
     result = run_grid(points, echo, show=print_summary)
     echo(f"sweep: {len(result.completed)} completed, {len(result.skipped)} skipped, {len(result.failed)} failed")
     if result.failed:

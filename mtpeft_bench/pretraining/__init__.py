@@ -23,7 +23,7 @@ with deterministic algorithms on ``threads`` CPU threads; there is no dropout or
 Resuming from the checkpoint (model, optimizer state, step) therefore continues exactly where an
 uninterrupted run would be.
 
-Files, for ``--out DIR/NAME.safetensors``: ``NAME.safetensors`` (the backbone's state dict, the
+Files, for ``--output DIR/NAME.safetensors``: ``NAME.safetensors`` (the backbone's state dict, the
 format ``--weights PATH`` and ``--weights builtin`` load), ``NAME.json`` (configuration, command,
 loss history, time), and the checkpoint ``NAME.ckpt/`` (``state.safetensors`` + ``state.json``,
 written atomically every ``checkpoint_every`` steps).

@@ -71,7 +71,7 @@ def load_checkpoint(folder: Path, model: nn.Module, optimizer: torch.optim.Optim
         differ = sorted(k for k in set(config) | set(state.get("config", {}))
                         if config.get(k) != state.get("config", {}).get(k))
         raise UserError(f"checkpoint {folder} was made with other settings ({', '.join(differ)} differ); "
-                        "delete it, pass the same settings, or choose another --out")
+                        "delete it, pass the same settings, or choose another --output")
     with safe_open(str(tensors_path), framework="pt") as f:
         step = int(f.metadata()["step"])
         tensors = {k: f.get_tensor(k) for k in f.keys()}

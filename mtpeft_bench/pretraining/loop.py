@@ -38,7 +38,7 @@ def pretrain(cfg: PretrainConfig, out: Path, *, progress: bool = True, checkpoin
 
     out = Path(out).expanduser()
     if out.suffix != ".safetensors":
-        raise UserError(f"--out must name a .safetensors file, got {out}")
+        raise UserError(f"--output must name a .safetensors file, got {out}")
     files = paths_for(out)
     threads_before = torch.get_num_threads()
     deterministic_before = torch.are_deterministic_algorithms_enabled()

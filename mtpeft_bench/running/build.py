@@ -109,6 +109,7 @@ def build_training(resolved: ResolvedRun, ctx: Any, device: Any) -> Training:
     method = resolved.method_cls()
     model, backbone_ids = build_model(method, resolved.method_cfg, backbone, task_outputs_of(resolved.task_specs))
     model.to(device)
+    resolved.dataset.progress = bool(cfg.progress and ctx.is_main)  # a generated dataset's bar, as the training's
     root = resolved.dataset.resolve_root(resolved.data_root)
     train_loader, val_loader = make_loaders(resolved, root, device, distributed.sampler_factory(ctx, cfg.seed),
                                             lambda dataset: distributed.PerSampleSeed(dataset, cfg.seed))

@@ -2,8 +2,8 @@
 prints when it ends (the per-task metrics table, Δm, cost, the result path).
 
 A run itself prints nothing: its progress goes to the ``mtpeft_bench`` logger at INFO
-(:data:`LOG`); ``mtbench`` shows it on stderr through :func:`log_to_stderr`, and prints
-:func:`print_summary` of the run's result.
+(:data:`LOG`); ``mtbench`` shows it on stderr through :func:`log_to_stderr` (``-q`` only warnings
+and errors, ``-v`` also DEBUG), and prints :func:`print_summary` of the run's result.
 """
 
 from __future__ import annotations
@@ -30,11 +30,12 @@ class _CurrentStderr(logging.StreamHandler):
         pass
 
 
-def log_to_stderr() -> None:
-    """Show the ``mtpeft_bench`` logger's INFO lines on stderr, as they are (once per process)."""
+def log_to_stderr(level: int = logging.INFO) -> None:
+    """Show the ``mtpeft_bench`` logger's lines from ``level`` up on stderr, as they are (the handler
+    is added once per process; each call sets the level)."""
     if not any(isinstance(h, _CurrentStderr) for h in LOG.handlers):
         LOG.addHandler(_CurrentStderr())
-    LOG.setLevel(logging.INFO)
+    LOG.setLevel(level)
 
 
 def start_lines(resolved: Any, ctx: Any, device: Any, training: Any, session: Any) -> list[str]:

@@ -74,18 +74,21 @@ def label(point: GridPoint) -> str:
     return f"{point.dataset}/{point.method}/seed {point.seed}"
 
 
-def run_grid(points: Sequence[GridPoint], echo: Callable[[str], None],
+def run_grid(points: Sequence[GridPoint], echo: Callable[[str], None] | None = None,
              show: Callable[[Any], None] = lambda result: None) -> SweepResult:
     """Run the points that are not done, one after another; failures are collected, not raised.
 
-    ``echo`` reports the sweep's progress; ``show`` receives each completed run's
-    :class:`~mtpeft_bench.running.pipeline.RunResult` (``mtbench sweep`` prints its summary).
+    ``echo`` reports the sweep's progress (default: the ``mtpeft_bench`` logger at INFO);
+    ``show`` receives each completed run's :class:`~mtpeft_bench.running.pipeline.RunResult`
+    (``mtbench sweep`` prints its summary).
     """
     import gc
 
     from mtpeft_bench.running.pipeline import run
+    from mtpeft_bench.running.summary import LOG
     from mtpeft_bench.train.failures import RunFailed
 
+    echo = echo or LOG.info
     result = SweepResult()
     todo = [p for p in points if p.state != "done"]
     for point in points:

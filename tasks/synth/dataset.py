@@ -52,7 +52,7 @@ class SynthDataset(DatasetPlugin):
     def resolve_root(self, root: Path | None) -> Path:
         """The dataset folder (``root``, i.e. an explicit ``--data-root``, else the cache folder),
         generated first if needed."""
-        return ensure_dataset(Path(root) if root is not None else self.cache_dir(), self.config)
+        return ensure_dataset(Path(root) if root is not None else self.cache_dir(), self.config, self.progress)
 
     def build(self, split: str, tasks: Sequence[TaskSpec], image_size: tuple[int, int], root: Path | None,
               train: bool) -> Any:

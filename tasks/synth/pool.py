@@ -3,6 +3,7 @@ processes to use, a progress bar that may be off, and a fork pool that runs chun
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from typing import Any, Callable, Iterable, Iterator, TypeVar
@@ -34,7 +35,7 @@ def progress_bar(total: int, desc: str, enabled: bool) -> Any:
     try:
         from tqdm import tqdm
     except ImportError:
-        print(desc, file=sys.stderr)
+        logging.getLogger(__name__).info(desc)  # no bar: say once what is being made
         return _NoBar()
     return tqdm(total=total, desc=desc, unit="img", file=sys.stderr, mininterval=0.5, leave=True)
 
