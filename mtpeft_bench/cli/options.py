@@ -102,7 +102,7 @@ def config_fields(options: Mapping[str, Any]) -> dict[str, Any]:
         if name in _NOT_FIELDS:
             continue
         if name == "tasks":
-            fields["tasks"] = value  # the comma list as given: config.coerce_value splits it and refuses an empty one
+            fields["tasks"] = split_list(value) or (None if value is None else ())  # () given empty: an error
         elif name == "no_progress":
             fields["progress"] = False if value else None
         else:
