@@ -69,6 +69,30 @@ def test_offline_hub_is_one_line_within_a_second(offline_by, capsys, tmp_path, m
     assert time.monotonic() - started < 5
 
 
+def test_hub_weights_in_the_local_cache_load_without_the_network(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+    import timm
+    import torch
+    from safetensors.torch import save_file
+
+    from mtpeft_bench.model.backbone import create_backbone
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    repo = tmp_path / "models--timm--swin_tiny_patch4_window7_224.ms_in1k"
+    (repo / "snapshots" / "0123").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123")
+    saved = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False).state_dict()
+    saved = {k: v.contiguous() for k, v in saved.items() if not k.endswith(("relative_position_index", "attn_mask"))}
+    save_file(saved, str(repo / "snapshots" / "0123" / "model.safetensors"))
+    backbone, provenance = create_backbone("swin_tiny_patch4_window7_224", (224, 224), "timm")
+    assert provenance["id"] == "timm/swin_tiny_patch4_window7_224.ms_in1k"
+    key = "layers.1.blocks.0.attn.qkv.weight"
+    assert torch.equal(backbone.state_dict()[key], saved[key])
+
+
 @pytest.mark.parametrize("weight", ["-1", "nan", "inf", "-inf"])
 def test_negative_or_non_finite_loss_weight_is_an_error(weight, capsys):
     code, _, err = run_cli(["params", *SMOKE, "--set", f"loss_weights.depth={weight}"], capsys)
