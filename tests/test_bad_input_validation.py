@@ -171,6 +171,20 @@ def test_weights_of_another_model_say_so_in_one_line(capsys, tmp_path, monkeypat
     assert "Sequential" not in line
 
 
+def test_checkpoint_of_another_model_says_so_in_one_line():
+    import torch
+
+    from mtpeft_bench.errors import UserError
+    from mtpeft_bench.train.checkpoint import Checkpoint, restore_model
+
+    saved = Checkpoint({"model/0.weight": torch.zeros(4, 3), "model/1.weight": torch.zeros(2, 4)}, {})
+    with pytest.raises(UserError) as info:
+        restore_model(saved, torch.nn.Sequential(torch.nn.Linear(3, 5, bias=False)))
+    message = str(info.value)
+    assert message.startswith("the checkpoint was saved from another model: ") and "\n" not in message
+    assert "1 unexpected key (e.g. 1.weight)" in message and "1 tensor of another shape (e.g. 0.weight)" in message
+
+
 class NotATensor:
     """An object a weights file should not hold (the loader refuses to unpickle it)."""
 

@@ -165,9 +165,9 @@ def _load_file_weights(model: nn.Module, path: Path, name: str) -> None:
     if missing or unexpected:
         parts = []
         if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
+            parts.append(f"{len(missing)} missing key{'s' * (len(missing) > 1)} (e.g. {missing[0]})")
         if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
+            parts.append(f"{len(unexpected)} unexpected key{'s' * (len(unexpected) > 1)} (e.g. {unexpected[0]})")
         raise UserError(f"{path} holds another model's weights and does not fit this backbone ('{name}'): "
                         f"{', '.join(parts)}")
     shapes = [k for k, v in state.items() if tuple(v.shape) != tuple(model.state_dict()[k].shape)]

@@ -21,7 +21,8 @@ from mtpeft_bench.errors import UserError
 PROBE_TIMEOUT_S = 1.0
 # the files timm's hub loader asks for, in its order (timm.models._hub.load_state_dict_from_hf)
 HUB_FILES = ("model.safetensors", "pytorch_model.bin")
-ALTERNATIVES = "use --weights builtin|none|PATH (built-in small backbones, random initialisation, or a local checkpoint)"
+ALTERNATIVES = ("use --weights builtin|none|PATH (built-in small backbones, random initialisation, "
+                "or a local checkpoint)")
 
 
 def hub_offline_by_env() -> bool:
