@@ -166,6 +166,16 @@ class DatasetPlugin:
         """
         return root
 
+    def check_root(self, root: Path | None) -> None:
+        """Check the data folder cheaply, before any slow work of a run (no sample is read, nothing is
+        generated): by default, :meth:`resolve_root` for a dataset read from disk.
+
+        Raises:
+            UserError: the folder cannot serve this dataset.
+        """
+        if self.requires_root:
+            self.resolve_root(root)
+
     def build(self, split: str, tasks: Sequence[TaskSpec], image_size: tuple[int, int], root: Path | None,
               train: bool) -> Any:
         """Return a ``torch.utils.data.Dataset`` of sample dicts for ``split``.

@@ -118,6 +118,24 @@ def test_data_root_for_a_generated_dataset_warns_in_one_line(capsys, tmp_path, m
     assert "no file at '/no/such.pth'" in lines[1]
 
 
+def test_data_root_of_a_generated_dataset_holding_other_files_fails_before_the_model(capsys, tmp_path,
+                                                                                       monkeypatch):
+    import mtpeft_bench.running.pipeline as pipeline
+
+    def no_build(*args, **kwargs):
+        raise AssertionError("the model was built before the data folder was checked")
+
+    monkeypatch.setattr(pipeline, "build_training", no_build)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "NYUD_MT").mkdir()
+    code, _, err = run_cli(["run", *SMOKE, "--data-root", str(tmp_path / "data")], capsys)
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 2 and lines[0].startswith("mtbench: warning: synth is generated"), err
+    assert "exists and is not a synth dataset" in lines[1]
+
+
 @pytest.mark.parametrize("args, hint", [
     (["--method", "mtlora", "--set", "method.rnak=8"], "did you mean 'rank'?"),
     (["--method", "full", "--set", "data.num_trian=8"], "did you mean 'num_train'?"),

@@ -144,12 +144,15 @@ def check_before_work(resolved: ResolvedRun, out: Path, runs: Path, is_main: boo
     from mtpeft_bench.model.backbone import check_weights
 
     dataset, cfg = resolved.dataset, resolved.cfg
-    if dataset.requires_root:
-        dataset.resolve_root(resolved.data_root)  # cheap: looks for marker files, reads no sample
-    elif cfg.data_root and is_main:
+    if not dataset.requires_root and cfg.data_root and is_main:
         logging.getLogger("mtpeft_bench").warning(
             f"mtbench: warning: {cfg.dataset} is generated, not read: --data-root only sets the folder its generated "
             f"files are kept in ({resolved.data_root})")
+    check_root = getattr(dataset, "check_root", None)  # a plugin that does not subclass DatasetPlugin may lack it
+    if check_root is not None:
+        check_root(resolved.data_root)  # cheap: looks for marker files, reads no sample, generates nothing
+    elif dataset.requires_root:
+        dataset.resolve_root(resolved.data_root)
     if is_main:
         check_writable(out)
         check_writable(runs, "checkpoints", "choose another folder with --set runs_dir=...")
