@@ -118,8 +118,8 @@ def _normalise_type(value: Any) -> str:
         if name in known:
             raise ValueError(f"peft type {name} is not among the tested types ({', '.join(TESTED_TYPES)})")
         close = difflib.get_close_matches(name, TESTED_TYPES, n=1)
-        hint = f"; did you mean {close[0]}?" if close else ""
-        raise ValueError(f"unknown peft type '{value}'{hint} Tested types: {', '.join(TESTED_TYPES)}")
+        hint = f"did you mean {close[0]}? Tested" if close else "tested"
+        raise ValueError(f"unknown peft type '{value}'; {hint} types: {', '.join(TESTED_TYPES)}")
     if name not in available_types():
         import peft
 

@@ -21,10 +21,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from mtpeft_bench.errors import UserError
+from mtpeft_bench.registry import did_you_mean, unknown_name
 
 
 @dataclass
@@ -172,6 +174,11 @@ def coerce_value(name: str, value: Any, annotation: str) -> Any:
             return None
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        if not value:  # `--tasks ""` is a slip, not a request for the default task set
+            raise UserError("--tasks names no task; give one or more (e.g. --tasks semseg,depth) "
+                            "or leave it out for the dataset's default tasks")
         return tuple(str(v) for v in value)
     if value is None:
         if "None" in annotation:
@@ -195,7 +202,8 @@ def coerce_value(name: str, value: Any, annotation: str) -> Any:
         if kind == "str":
             return str(value)
     except (TypeError, ValueError):
-        raise UserError(f"{name} must be {'an' if kind == 'int' else 'a'} {kinds[kind]}, got {value!r}") from None
+        article = {"int": "an ", "bool": ""}.get(kind, "a ")
+        raise UserError(f"{name} must be {article}{kinds[kind]}, got {value!r}") from None
     return value
 
 
@@ -214,19 +222,18 @@ def apply_overrides(cfg: RunConfig, overrides: Mapping[str, Any]) -> RunConfig:
             cfg.data_options[rest] = value
         elif head == "loss_weights" and rest:
             try:
+                if isinstance(value, bool):
+                    raise ValueError
                 cfg.loss_weights[rest] = float(value)
             except (TypeError, ValueError):
-                raise UserError(f"loss weight of {rest} must be a number, got {value!r}") from None
+                raise UserError(f"loss_weights.{rest} must be a number, got {value!r}") from None
         elif key in fields and key not in ("method_options", "data_options", "loss_weights"):
             setattr(cfg, key, coerce_value(key, value, str(fields[key].type)))
         else:
-            import difflib
-
             names = [n for n in fields if n not in ("method_options", "data_options")]
-            close = difflib.get_close_matches(key, names, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            raise UserError(f"unknown setting '{key}'{hint} (run settings: {', '.join(names)}; "
-                            "plugin options: method.<key>, data.<key>)")
+            hint = did_you_mean(key, names)
+            raise UserError(f"unknown setting '{key}'{'; ' + hint if hint else ''} (run settings: {', '.join(names)}; "
+                            "plugin options: method.<key>, data.<key>, loss_weights.<task>)")
     return cfg
 
 
@@ -241,11 +248,7 @@ def resolve(preset: str | None, options: Mapping[str, Any], sets: Mapping[str, A
     """
     name = preset or default_preset
     if name not in PRESETS:
-        import difflib
-
-        close = difflib.get_close_matches(name, list(PRESETS), n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        raise UserError(f"unknown preset '{name}'{hint} Available: {', '.join(PRESETS)}")
+        raise UserError(unknown_name("preset", name, PRESETS))
     cfg = RunConfig(preset=name)
     apply_overrides(cfg, PRESETS[name])
     apply_overrides(cfg, {k: v for k, v in options.items() if v is not None})
@@ -290,6 +293,10 @@ def validate(cfg: RunConfig) -> None:
         value = getattr(cfg, name)
         if value is not None and value <= 0:
             raise UserError(f"{name} must be positive or null, got {value}")
+    for task, weight in cfg.loss_weights.items():
+        # a negative weight rewards the loss going up; a non-finite one makes every step NaN
+        if not math.isfinite(weight) or weight < 0:
+            raise UserError(f"loss_weights.{task} must be a finite number >= 0, got {weight}")
 
 
 def config_hash(cfg: RunConfig, extra: Mapping[str, Any] | None = None) -> str:

@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from mtpeft_bench.errors import UserError
 
@@ -171,10 +171,7 @@ class Registry:
 
     # -- lookup -------------------------------------------------------------------------------
     def unknown(self, name: str) -> UserError:
-        names = self.names()
-        close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
-        hint = f"; did you mean '{close[0]}'?" if close else ""
-        return UserError(f"unknown {self.kind} '{name}'{hint} Available: {', '.join(names)}")
+        return UserError(unknown_name(self.kind, name, self.names()))
 
     def get(self, name: str) -> Any:
         """Import (if needed) and return the plugin class registered as ``name``."""
@@ -193,6 +190,22 @@ class Registry:
         if name not in self._classes:
             raise UserError(f"{self.kind} '{name}' was expected in {entry.module}, but importing it registered no such {self.kind}")
         return self._classes[name]
+
+
+def did_you_mean(name: str, names: Iterable[str]) -> str:
+    """``"did you mean 'full'?"`` for the name of ``names`` closest to ``name``; ``""`` when none is close."""
+    close = difflib.get_close_matches(name, list(names), n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'?" if close else ""
+
+
+def unknown_name(what: str, name: str, names: Iterable[str]) -> str:
+    """The one line for a name that is not among ``names``: ``unknown method 'ful'; did you mean
+    'full'? Available: ...`` (``what`` says what kind of name it is)."""
+    names = list(names)
+    hint = did_you_mean(name, names)
+    available = ", ".join(names) or "(none)"
+    return f"unknown {what} '{name}'; {hint} Available: {available}" if hint else \
+        f"unknown {what} '{name}'; available: {available}"
 
 
 def _qualname(cls: type) -> str:

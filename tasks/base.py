@@ -149,13 +149,15 @@ class DatasetPlugin:
     def task_specs(self, names: Sequence[str] | None = None) -> list[TaskSpec]:
         """The specs of ``names`` (default: ``default_tasks``), in the given order."""
         from mtpeft_bench.errors import UserError
+        from mtpeft_bench.registry import did_you_mean
 
         names = list(names) if names else list(self.default_tasks)
         unknown = [n for n in names if n not in self.tasks]
         if unknown:
+            hint = did_you_mean(unknown[0], self.tasks)
             raise UserError(
                 f"dataset '{self.name}' has no task {', '.join(map(repr, unknown))}; "
-                f"its tasks are: {', '.join(self.tasks)}"
+                f"{hint + ' Its' if hint else 'its'} tasks are: {', '.join(self.tasks)}"
             )
         if len(set(names)) != len(names):
             raise UserError(f"task list {names} names a task twice")
@@ -168,6 +170,16 @@ class DatasetPlugin:
             UserError: the folder is missing or not in the expected layout.
         """
         return root
+
+    def check_root(self, root: Path | None) -> None:
+        """Check the data folder cheaply, before any slow work of a run (no sample is read, nothing is
+        generated): by default, :meth:`resolve_root` for a dataset read from disk.
+
+        Raises:
+            UserError: the folder cannot serve this dataset.
+        """
+        if self.requires_root:
+            self.resolve_root(root)
 
     def build(self, split: str, tasks: Sequence[TaskSpec], image_size: tuple[int, int], root: Path | None,
               train: bool) -> Any:
@@ -190,19 +202,45 @@ def config_from_mapping(config_cls: type, values: Mapping[str, Any], what: str) 
         UserError: a key is not a field of ``config_cls`` or a value is invalid.
     """
     from mtpeft_bench.errors import UserError
+    from mtpeft_bench.registry import did_you_mean
 
     fields = {f.name: f for f in dataclasses.fields(config_cls)}
     unknown = [k for k in values if k not in fields]
     if unknown:
         known = ", ".join(fields) or "(none)"
-        raise UserError(f"unknown {what} option {', '.join(map(repr, unknown))}; known options: {known}")
+        hint = did_you_mean(unknown[0], fields)
+        raise UserError(f"unknown {what} option {', '.join(map(repr, unknown))}; "
+                        f"{hint + ' Known' if hint else 'known'} options: {known}")
     kwargs = {}
     for key, value in values.items():
         default = getattr(config_cls, key, None) if key in config_cls.__dict__ else None
-        if isinstance(default, tuple) and isinstance(value, list):
-            value = tuple(value)
+        sequence = _sequence_kind(fields[key], default)
+        if sequence is not None:
+            value = _as_sequence(value, sequence)
         kwargs[key] = value
     try:
         return config_cls(**kwargs)
     except (ValueError, TypeError) as exc:
         raise UserError(f"invalid {what} option: {exc}") from None
+
+
+def _sequence_kind(config_field: dataclasses.Field, default: Any) -> type | None:
+    """``tuple`` or ``list`` when a plugin option holds a sequence (by its annotation, else its default)."""
+    annotation = str(config_field.type).replace("typing.", "").strip()
+    for prefix, kind in (("tuple", tuple), ("Tuple", tuple), ("Sequence", tuple), ("list", list), ("List", list)):
+        if annotation.startswith(prefix):
+            return kind
+    return type(default) if isinstance(default, (tuple, list)) else None
+
+
+def _as_sequence(value: Any, kind: type) -> Any:
+    """A sequence option as given on the command line: ``2,3`` (as ``image_size`` takes it) or a YAML
+    list ``[2, 3]`` becomes ``kind((2, 3))``, a single value a one-item sequence; anything else is left
+    for the plugin's own check."""
+    from mtpeft_bench.config import parse_value
+
+    if isinstance(value, str):
+        value = [parse_value(item.strip()) for item in value.split(",") if item.strip()]
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = [value]
+    return kind(value) if isinstance(value, (list, tuple)) else value

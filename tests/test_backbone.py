@@ -99,7 +99,7 @@ def test_bad_names():
         create_backbone("swin_nope", (64, 64), "none")
     with pytest.raises(UserError, match="not a timm SwinTransformer"):
         create_backbone("resnet18", (64, 64), "none")
-    with pytest.raises(UserError, match="neither"):
+    with pytest.raises(UserError, match="no file at"):
         create_backbone("swin_micro", (64, 64), "/no/such/file.pth")
     with pytest.raises(UserError, match="no pretrained weights"):
         create_backbone("swin_micro", (64, 64), "timm")

@@ -30,7 +30,7 @@ TINY = ["--set", "data.num_train=24", "--set", "data.num_val=6", "--set", "batch
     (["run", "--method", "full", "--dataset", "nyud", "--preset", "smoke", "--data-root", "/nonexistent"],
      "/nonexistent"),
     (["run", "--method", "full", "--dataset", "pascal_mt", "--preset", "smoke"], "pascal_mt"),
-    (["run", "--method", "full", "--preset", "smoke", "--weights", "/no/such.pth"], "neither"),
+    (["run", "--method", "full", "--preset", "smoke", "--weights", "/no/such.pth"], "no file at"),
     (["run", "--method", "full", "--preset", "smoke", "--bogus"], "No such option '--bogus'"),
     (["run"], "Missing option '--method'"),
     (["compare", "--results", "/nonexistent/results"], "no results folder"),

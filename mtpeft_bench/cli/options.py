@@ -110,7 +110,7 @@ def config_fields(options: Mapping[str, Any]) -> dict[str, Any]:
         if name in _NOT_FIELDS:
             continue
         if name == "tasks":
-            fields["tasks"] = split_list(value)
+            fields["tasks"] = split_list(value) or (None if value is None else ())  # () given empty: an error
         elif name == "no_progress":
             fields["progress"] = False if value else None
         else:

@@ -29,7 +29,7 @@ from torch import nn
 
 from mtpeft_bench.digest import sha256_of
 from mtpeft_bench.errors import UserError
-from mtpeft_bench.model import builtin_weights
+from mtpeft_bench.model import builtin_weights, hub
 
 
 # Small Swin configurations for CPU runs; none of them has hub weights (mtbench ships its own: --weights builtin).
@@ -48,7 +48,8 @@ BACKBONE_ALIASES: dict[str, tuple[str, dict[str, Any]]] = {
 WEIGHT_KINDS = ("none", "timm", "builtin")
 
 
-def _timm_swin(name: str, img_size: tuple[int, int], drop_path_rate: float, pretrained: bool) -> nn.Module:
+def _timm_swin(name: str, img_size: tuple[int, int], drop_path_rate: float, pretrained: bool,
+               pretrained_file: Path | None = None) -> nn.Module:
     import timm
     from timm.models.swin_transformer import SwinTransformer
 
@@ -56,6 +57,8 @@ def _timm_swin(name: str, img_size: tuple[int, int], drop_path_rate: float, pret
     base = arch.split(".")[0]
     if timm.is_model(base) and not timm.models.model_entrypoint(base).__module__.endswith(".swin_transformer"):
         raise UserError(f"backbone '{name}' is not a timm SwinTransformer; mtbench adapts Swin (v1) backbones only")
+    if pretrained_file is not None:  # the hub's file from the local cache: no network, no retries
+        overrides = {**overrides, "pretrained_cfg_overlay": dict(file=str(pretrained_file))}
     try:
         model = timm.create_model(
             arch, pretrained=pretrained, num_classes=0, img_size=img_size, drop_path_rate=drop_path_rate, **overrides
@@ -94,6 +97,11 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
             return load_file(str(path))
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure to read is the file's fault
+        if "weights_only" in str(exc) or "Weights only load failed" in str(exc):
+            # torch's message advises weights_only=False, i.e. running the file's code: not ours to give
+            raise UserError(f"cannot read weights from {path}: it holds Python objects besides tensors, which "
+                            "mtbench never unpickles; save a plain state dict (torch.save(model.state_dict(), ...)) "
+                            "or a .safetensors file") from None
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot read weights from {path}: {first}") from None
     if not isinstance(state, dict):
@@ -128,8 +136,11 @@ def convert_swin_state(state: dict[str, torch.Tensor], model: nn.Module) -> dict
             if tuple(value.shape[-2:]) != (h, w):
                 value = resample_patch_embed(value, (h, w), interpolation="bicubic", antialias=True, verbose=False)
         if key.endswith("relative_position_bias_table"):
-            attn = model.get_submodule(key[:-len(".relative_position_bias_table")])
-            if value.shape != attn.relative_position_bias_table.shape:
+            try:
+                attn = model.get_submodule(key[:-len(".relative_position_bias_table")])
+            except AttributeError:  # a block this model lacks: the key check of the caller names it
+                attn = None
+            if attn is not None and value.shape != attn.relative_position_bias_table.shape:
                 value = resize_rel_pos_bias_table(value, new_window_size=attn.window_size,
                                                   new_bias_shape=attn.relative_position_bias_table.shape)
         if original:
@@ -140,12 +151,12 @@ def convert_swin_state(state: dict[str, torch.Tensor], model: nn.Module) -> dict
     return out
 
 
-def _load_file_weights(model: nn.Module, path: Path) -> None:
+def _load_file_weights(model: nn.Module, path: Path, name: str) -> None:
     state = load_state_dict_file(path)
     try:
         state = convert_swin_state(state, model)
     except (AttributeError, KeyError, RuntimeError, ValueError) as exc:
-        raise UserError(f"{path} does not fit this Swin backbone: {exc}") from None
+        raise UserError(f"{path} does not fit this Swin backbone ('{name}'): {exc}") from None
     # Drop the classifier and the final norm (both removed from the encoder).
     state = {k: v for k, v in state.items() if not (k.startswith("head.") or k.startswith("norm."))}
     expected = {k for k in model.state_dict()}
@@ -154,13 +165,15 @@ def _load_file_weights(model: nn.Module, path: Path) -> None:
     if missing or unexpected:
         parts = []
         if missing:
-            parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+            parts.append(f"{len(missing)} missing key{'s' * (len(missing) > 1)} (e.g. {missing[0]})")
         if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
-        raise UserError(f"{path} does not fit this Swin backbone: {', '.join(parts)} keys")
+            parts.append(f"{len(unexpected)} unexpected key{'s' * (len(unexpected) > 1)} (e.g. {unexpected[0]})")
+        raise UserError(f"{path} holds another model's weights and does not fit this backbone ('{name}'): "
+                        f"{', '.join(parts)}")
     shapes = [k for k, v in state.items() if tuple(v.shape) != tuple(model.state_dict()[k].shape)]
     if shapes:
-        raise UserError(f"{path} does not fit this Swin backbone: shape of {shapes[0]} differs")
+        raise UserError(f"{path} holds another model's weights and does not fit this backbone ('{name}'): "
+                        f"the shape of {shapes[0]} differs")
     model.load_state_dict(state, strict=True)
 
 
@@ -185,6 +198,37 @@ def _load_builtin_weights(model: nn.Module, path: Path, name: str) -> None:
                         f"({len(missing)} missing, {len(result.unexpected_keys)} unexpected keys)")
 
 
+def check_weights(name: str, weights: str) -> None:
+    """The checks of ``--backbone`` and ``--weights`` that need neither a model nor the network
+    (except a one-second look at the hub for ``timm``): a run makes them before any slow work.
+
+    Raises:
+        UserError: an unknown backbone, weights it cannot have, a missing weights file, or (``timm``)
+            an offline or unreachable hub without the weights in the local cache.
+    """
+    import timm
+
+    arch = BACKBONE_ALIASES.get(name, (name, {}))[0]
+    if not timm.is_model(arch.split(".")[0]):
+        raise UserError(f"unknown backbone '{name}': give a timm Swin name such as swin_tiny_patch4_window7_224 "
+                        f"or one of {', '.join(BACKBONE_ALIASES)}")
+    if weights == "timm":
+        if name in BACKBONE_ALIASES:
+            raise UserError(f"backbone '{name}' has no pretrained weights on the hub; use --weights builtin, "
+                            "--weights none or --weights PATH")
+        hub.local_pretrained_file(name)
+    elif weights == "builtin":
+        builtin_weights.verified_file(name)
+    elif weights != "none":
+        path = Path(os.path.expanduser(weights))
+        if not path.exists():
+            raise UserError(f"--weights takes {', '.join(WEIGHT_KINDS)} or the path of a checkpoint file; "
+                            f"there is no file at '{weights}'")
+        if path.is_dir():
+            raise UserError(f"--weights {weights} is a folder; give the checkpoint file in it "
+                            "(.safetensors, .pth or .pt)")
+
+
 def create_backbone(name: str, img_size: tuple[int, int], weights: str = "none",
                     drop_path_rate: float = 0.0) -> tuple[nn.Module, dict[str, Any]]:
     """Create the timm Swin backbone and load its weights.
@@ -203,12 +247,11 @@ def create_backbone(name: str, img_size: tuple[int, int], weights: str = "none",
     Raises:
         UserError: unknown name, weights that cannot be had, or a checkpoint that does not fit.
     """
+    check_weights(name, weights)
     if weights == "timm":
-        if name in BACKBONE_ALIASES:
-            raise UserError(f"backbone '{name}' has no pretrained weights on the hub; use --weights none "
-                            "or --weights PATH")
         try:
-            model = _timm_swin(name, img_size, drop_path_rate, pretrained=True)
+            model = _timm_swin(name, img_size, drop_path_rate, pretrained=True,
+                               pretrained_file=hub.local_pretrained_file(name))
         except UserError:
             raise
         except Exception as exc:  # noqa: BLE001 - hub errors come in many types
@@ -227,11 +270,8 @@ def create_backbone(name: str, img_size: tuple[int, int], weights: str = "none",
         _load_builtin_weights(model, path, name)
     else:
         path = Path(os.path.expanduser(weights))
-        if not path.exists():
-            raise UserError(f"--weights must be one of {', '.join(WEIGHT_KINDS)} or a checkpoint path; "
-                            f"'{weights}' is neither")
         model = _strip_classifier(_timm_swin(name, img_size, drop_path_rate, pretrained=False))
-        _load_file_weights(model, path)
+        _load_file_weights(model, path, name)
         provenance = {"source": "file", "id": str(path.resolve()), "sha256": sha256_of(path)}
     return _strip_classifier(model), provenance
 

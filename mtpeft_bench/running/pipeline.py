@@ -17,7 +17,7 @@ from mtpeft_bench.running.build import build_training, seed_everything
 from mtpeft_bench.running.folders import runs_root
 from mtpeft_bench.running.record import build_record, global_rate, write_result
 from mtpeft_bench.running.session import RunSession
-from mtpeft_bench.running.setup import check_writable, pick_device, prepare, resolve_config, run_hash
+from mtpeft_bench.running.setup import check_before_work, pick_device, prepare, resolve_config, run_hash
 from mtpeft_bench.running.summary import LOG, start_lines
 
 
@@ -60,12 +60,10 @@ def run(cfg: RunConfig | None = None, /, *, resume: bool | str | None = None, **
 
     cfg = cfg if cfg is not None else resolve_config(options.pop("preset", None), {}, options)
     started = time.time()
-    resolved = prepare(cfg)
+    resolved = prepare(cfg)  # names and values
     ctx, device = distributed.setup(cfg.device, pick_device)
     out, runs = Path(cfg.out).expanduser(), runs_root(cfg)
-    if ctx.is_main:
-        check_writable(out)
-        check_writable(runs, "checkpoints", "choose another folder with --set runs_dir=...")
+    check_before_work(resolved, out, runs, ctx.is_main)  # paths, then weights: before any slow work
     full_hash = run_hash(cfg, resolved, ctx.world_size)
     plan = RunSession.plan(ctx, cfg, resolved.stored_config(), full_hash, runs, out, resume)
     if plan.completed is not None:  # resume=True and this configuration is already done

@@ -1,11 +1,18 @@
 """Before anything is built: the configuration, resolved one way for every entry point; the
 plugins and their options; the data root; the run's identity (its configuration hash); the device;
 and the output folders, checked writable. Nothing here reads data or builds a model.
+
+Bad input is found cheapest first, so no mistake waits behind a slow step: names (method, dataset,
+tasks) and values (settings, plugin options, loss weights) in :func:`resolve_config` and
+:func:`prepare`; then paths and weights in :func:`check_before_work` (the data folder, the output
+folders, the backbone and its weights, the hub looked at for one second at most); only then do the
+model and the data get built.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +20,7 @@ from typing import Any, Mapping
 
 from mtpeft_bench.config import RunConfig, config_hash, resolve
 from mtpeft_bench.errors import UserError
-from mtpeft_bench.registry import get_dataset, get_method
+from mtpeft_bench.registry import did_you_mean, get_dataset, get_method
 from mtpeft_bench.tasks.base import config_from_mapping
 from mtpeft_bench.tasks.roots import default_data_root
 
@@ -76,9 +83,12 @@ def prepare(cfg: RunConfig) -> ResolvedRun:
     method_cfg = config_from_mapping(method_cls.Config, cfg.method_options, f"{cfg.method} method")
     dataset = dataset_cls(data_cfg)
     specs = dataset.task_specs(cfg.tasks)
-    unknown = [t for t in cfg.loss_weights if t not in {s.name for s in specs}]
+    trained = [s.name for s in specs]
+    unknown = [t for t in cfg.loss_weights if t not in trained]
     if unknown:
-        raise UserError(f"loss_weights names task {', '.join(unknown)}, which this run does not train")
+        hint = did_you_mean(unknown[0], trained)
+        raise UserError(f"loss_weights names task {', '.join(unknown)}, which this run does not train"
+                        f"{'; ' + hint if hint else ''} (its tasks: {', '.join(trained)})")
     image_size = tuple(cfg.image_size) if cfg.image_size else tuple(dataset.image_size)
     return ResolvedRun(cfg, dataset, specs, method_cls, method_cfg, image_size, data_root_for(dataset, cfg.data_root))
 
@@ -120,3 +130,30 @@ def check_writable(out: Path, what: str = "results", fix: str = "choose another 
         probe.unlink()
     except OSError as exc:
         raise UserError(f"cannot write {what} to {out}: {exc.strerror or exc}; {fix}") from None
+
+
+def check_before_work(resolved: ResolvedRun, out: Path, runs: Path, is_main: bool = True) -> None:
+    """The checks of paths and weights, in this order: the data folder of a dataset read from disk
+    (a generated one gets a one-line warning about ``--data-root``), the results and checkpoint
+    folders (on the process that writes), then the backbone and its weights (``--weights timm``:
+    the local hub cache, ``HF_HUB_OFFLINE``, a one-second look at the hub).
+
+    Raises:
+        UserError: the first problem found, in one line.
+    """
+    from mtpeft_bench.model.backbone import check_weights
+
+    dataset, cfg = resolved.dataset, resolved.cfg
+    if not dataset.requires_root and cfg.data_root and is_main:
+        logging.getLogger("mtpeft_bench").warning(
+            f"mtbench: warning: {cfg.dataset} is generated, not read: --data-root only sets the folder its generated "
+            f"files are kept in ({resolved.data_root})")
+    check_root = getattr(dataset, "check_root", None)  # a plugin that does not subclass DatasetPlugin may lack it
+    if check_root is not None:
+        check_root(resolved.data_root)  # cheap: looks for marker files, reads no sample, generates nothing
+    elif dataset.requires_root:
+        dataset.resolve_root(resolved.data_root)
+    if is_main:
+        check_writable(out)
+        check_writable(runs, "checkpoints", "choose another folder with --set runs_dir=...")
+    check_weights(cfg.backbone, cfg.weights)

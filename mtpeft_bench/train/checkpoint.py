@@ -207,6 +207,16 @@ def load_checkpoint(path: Path) -> Checkpoint:
 def restore_model(checkpoint: Checkpoint, model: torch.nn.Module) -> None:
     """Load the model weights and buffers (strict: every key must match)."""
     model_state = {k[len("model/"):]: v for k, v in checkpoint.tensors.items() if k.startswith("model/")}
+    expected = model.state_dict()
+    missing, unexpected = sorted(set(expected) - set(model_state)), sorted(set(model_state) - set(expected))
+    shapes = [k for k in model_state if k in expected and tuple(model_state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or shapes:
+        # torch's own message is a multi-line list of every key; one line names the first of each kind
+        kinds = (("missing key", "missing keys", missing), ("unexpected key", "unexpected keys", unexpected),
+                 ("tensor of another shape", "tensors of another shape", shapes))
+        parts = [f"{len(keys)} {one if len(keys) == 1 else many} (e.g. {keys[0]})" for one, many, keys in kinds if keys]
+        raise UserError(f"the checkpoint was saved from another model: {', '.join(parts)}; "
+                        "resume with the same method, tasks and backbone")
     try:
         model.load_state_dict(model_state, strict=True)
     except RuntimeError as exc:

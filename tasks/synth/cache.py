@@ -108,6 +108,24 @@ def _render_chunk(args: tuple[Path, SynthConfig, list[tuple[str, int]]]) -> int:
     return len(jobs)
 
 
+def check_dataset_folder(folder: Path, config: SynthConfig) -> bool:
+    """Whether ``folder`` already holds the dataset of ``config`` (False: it is free for generating
+    it); reads the manifest only, so a run can ask before any slow work.
+
+    Raises:
+        UserError: ``folder`` holds something else (another configuration or unrelated files).
+    """
+    folder = Path(folder).expanduser()
+    if manifest_matches(folder, config):
+        return True
+    if (folder / MANIFEST).is_file():
+        raise UserError(f"{folder} holds a synth dataset made with other settings or generator version; "
+                        "delete it or choose another --data-root")
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise UserError(f"{folder} exists and is not a synth dataset; choose an empty or new --data-root")
+    return False
+
+
 def ensure_dataset(folder: Path, config: SynthConfig, progress: bool = True) -> Path:
     """Make ``folder`` hold the dataset of ``config``: reuse it if its manifest matches, else generate.
 
@@ -118,13 +136,8 @@ def ensure_dataset(folder: Path, config: SynthConfig, progress: bool = True) -> 
         UserError: ``folder`` holds something else (another configuration or unrelated files).
     """
     folder = Path(folder).expanduser()
-    if manifest_matches(folder, config):
+    if check_dataset_folder(folder, config):
         return folder
-    if (folder / MANIFEST).is_file():
-        raise UserError(f"{folder} holds a synth dataset made with other settings or generator version; "
-                        "delete it or choose another --data-root")
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise UserError(f"{folder} exists and is not a synth dataset; choose an empty or new --data-root")
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
     try:

@@ -9,7 +9,7 @@ from mtpeft_bench.errors import UserError
 from mtpeft_bench.registry import register_dataset
 from mtpeft_bench.tasks.base import DatasetPlugin, TaskSpec
 from mtpeft_bench.tasks.specs import depth_task, edge_task, normals_task, saliency_task, segmentation_task
-from mtpeft_bench.tasks.synth.cache import default_cache_root, ensure_dataset
+from mtpeft_bench.tasks.synth.cache import check_dataset_folder, default_cache_root, ensure_dataset
 from mtpeft_bench.tasks.synth.config import SynthConfig
 from mtpeft_bench.tasks.synth.scene import CLASS_NAMES, PART_NAMES
 
@@ -53,6 +53,10 @@ class SynthDataset(DatasetPlugin):
         """The dataset folder (``root``, i.e. an explicit ``--data-root``, else the cache folder),
         generated first if needed."""
         return ensure_dataset(Path(root) if root is not None else self.cache_dir(), self.config, self.progress)
+
+    def check_root(self, root: Path | None) -> None:
+        """The folder ``resolve_root`` would use holds this dataset or is free for generating it."""
+        check_dataset_folder(Path(root) if root is not None else self.cache_dir(), self.config)
 
     def build(self, split: str, tasks: Sequence[TaskSpec], image_size: tuple[int, int], root: Path | None,
               train: bool) -> Any:
