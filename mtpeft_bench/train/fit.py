@@ -18,7 +18,7 @@ from torch import nn
 from mtpeft_bench.measure import Throughput, peak_memory_mb, reset_peak_memory
 from mtpeft_bench.train.distributed import DistContext, set_epoch
 from mtpeft_bench.train.evaluation import evaluate
-from mtpeft_bench.train.failures import RunCancelled, RunFailed, StopOnSignal, is_out_of_memory, oom_advice
+from mtpeft_bench.train.failures import RunCancelled, RunFailed, StopOnSignal, oom_advice, out_of_memory_where
 from mtpeft_bench.train.trainer import EpochStats, Trainer, TrainingDiverged
 
 
@@ -131,12 +131,13 @@ class FitLoop:
             session.mark("cancelled", "interrupted at once (second Ctrl-C); the last periodic checkpoint is kept")
             raise
         except Exception as exc:
-            if not is_out_of_memory(exc):
+            where = out_of_memory_where(exc)
+            if where is None:
                 session.mark("failed", f"{type(exc).__name__}: {exc}")
                 raise
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
-            advice = oom_advice(self.cfg, self.image_size, self.phase, self.ctx.world_size)
+            advice = oom_advice(self.cfg, self.image_size, self.phase, self.ctx.world_size, where)
             session.mark("failed", advice)
             raise RunFailed(advice) from None
         return FitResult(metrics, infer, train_peak, memory_kind, peak, self.history)
