@@ -93,3 +93,148 @@ def test_load_results_warns_once_per_file_or_raises_when_strict(tmp_path, caplog
     assert len(warnings) == 2 and any(str(bad) in w for w in warnings) and any("other.json" in w for w in warnings)
     with pytest.raises(UserError, match="and 1 more invalid file"):
         load_results(root, strict=True)
+
+
+# -- failures leave the file tree as it was ---------------------------------------------------------------------
+
+def tree(root):
+    """Every path under ``root`` with the bytes of each file: equal before and after a failure."""
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
+
+
+def corrupt_nyud(parent, split):
+    """A miniature NYUD_MT folder whose ``split`` images are truncated JPEGs."""
+    from mtpeft_bench.tasks.miniature import write_nyud
+
+    root = write_nyud(parent / "NYUD_MT")
+    for sid in (root / "gt_sets" / f"{split}.txt").read_text().split():
+        image = root / "images" / f"{sid}.jpg"
+        image.write_bytes(image.read_bytes()[:100])
+    return root
+
+
+def test_a_wrong_resume_id_leaves_nothing_behind(tmp_path, capsys):
+    before = tree(tmp_path)
+    code, _, err = run_cli([*TINY, "--out", str(tmp_path / "out" / "results"), "--resume", "nope"], capsys)
+    assert code == 2 and "no run 'nope'" in err and len(one_line_without_traceback(err)) == 1
+    assert tree(tmp_path) == before
+
+
+def test_cuda_without_a_gpu_leaves_nothing_behind(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    before = tree(tmp_path)
+    code, _, err = run_cli([*TINY, "--out", str(tmp_path / "out" / "results"), "--device", "cuda"], capsys)
+    assert code == 2 and "no CUDA GPU" in err and len(one_line_without_traceback(err)) == 1
+    assert tree(tmp_path) == before
+
+
+def test_an_unwritable_runs_folder_leaves_no_results_folder_behind(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    before = tree(tmp_path)
+    code, _, err = run_cli([*TINY, "--out", str(tmp_path / "out" / "results"),
+                            "--set", f"runs_dir={tmp_path / 'file' / 'runs'}"], capsys)
+    assert code == 2 and "cannot write checkpoints" in err and "is not a folder" in err
+    assert tree(tmp_path) == before
+
+
+def test_missing_data_leaves_nothing_behind(tmp_path, capsys):
+    before = tree(tmp_path)
+    code, _, err = run_cli([*TINY, "--dataset", "nyud", "--data-root", str(tmp_path / "no-data"), "--weights", "none",
+                            "--out", str(tmp_path / "out" / "results")], capsys)
+    assert code == 2 and len(one_line_without_traceback(err)) == 1
+    assert tree(tmp_path) == before
+
+
+NYUD = ["run", "--method", "full", "--dataset", "nyud", "--preset", "smoke", "--tasks", "depth", "--weights", "none",
+        "--set", "batch_size=2", "--epochs", "1", "--no-progress"]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_corrupt_image_found_mid_run_leaves_nothing_behind(tmp_path, capsys):
+    data = corrupt_nyud(tmp_path, "train")
+    before = tree(tmp_path)
+    code, _, err = run_cli([*NYUD, "--data-root", str(data), "--out", str(tmp_path / "out" / "results")], capsys)
+    assert code == 2
+    (line,) = [line for line in one_line_without_traceback(err) if line.startswith("mtbench: error:")]
+    assert "cannot be decoded" in line and str(data / "images") in line
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_corrupt_image_after_a_checkpoint_keeps_it_and_says_how_to_resume(tmp_path, capsys):
+    from mtpeft_bench.tasks.miniature import write_nyud
+
+    data = corrupt_nyud(tmp_path, "val")  # found by the final evaluation, after the checkpoint of epoch 1
+    out = tmp_path / "out" / "results"
+    code, _, err = run_cli([*NYUD, "--data-root", str(data), "--out", str(out)], capsys)
+    assert code == 2
+    (line,) = [line for line in one_line_without_traceback(err) if line.startswith("mtbench: error:")]
+    (folder,) = (tmp_path / "out" / "runs").iterdir()
+    assert "cannot be decoded" in line and f"--resume {folder.name}" in line and "checkpoint is kept" in line
+    assert json.loads((folder / "run.json").read_text())["status"] == "failed"
+    assert not out.exists()
+    write_nyud(tmp_path / "fixed")  # the same images, undamaged
+    for image in (data / "images").iterdir():
+        image.write_bytes((tmp_path / "fixed" / "images" / image.name).read_bytes())
+    code, _, err = run_cli([*NYUD, "--data-root", str(data), "--out", str(out), "--resume", folder.name], capsys)
+    assert code == 0, err
+    assert len(list(out.rglob("*.json"))) == 1
+
+
+# -- out of memory on a CPU, and a non-finite loss without AMP -----------------------------------------------------
+
+CPU_OOM = {
+    "torch allocator": lambda: RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't "
+                                            "allocate memory: you tried to allocate 8589934592 bytes. Error code 12 "
+                                            "(Cannot allocate memory)"),
+    "windows allocator": lambda: RuntimeError("[enforce fail at ..\\c10\\core\\impl\\alloc_cpu.cpp:72] data. "
+                                              "DefaultCPUAllocator: not enough memory: you tried to allocate 8 bytes."),
+    "MemoryError": lambda: MemoryError(),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CPU_OOM))
+def test_cpu_out_of_memory_errors_are_recognised(case):
+    import torch
+
+    from mtpeft_bench.train.failures import out_of_memory_where
+
+    assert out_of_memory_where(CPU_OOM[case]()) == "cpu"
+    assert out_of_memory_where(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")) == "cuda"
+    assert out_of_memory_where(RuntimeError("shapes cannot be multiplied")) is None
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_cpu_out_of_memory_gets_one_line_of_advice(tmp_path, capsys, monkeypatch):
+    from mtpeft_bench.train import Trainer
+
+    def explode(self, images, targets):
+        raise CPU_OOM["torch allocator"]()
+
+    monkeypatch.setattr(Trainer, "train_step", explode)
+    code, _, err = run_cli([*TINY, "--out", str(tmp_path / "results"), "--set", "num_workers=2"], capsys)
+    assert code == 1 and "Traceback" not in err
+    (line,) = [line for line in err.splitlines() if line.startswith("mtbench: error:")]
+    assert "CPU ran out of memory (RAM) during training" in line
+    assert "--batch-size 2" in line and "image_size=48,48" in line and "num_workers=1" in line
+    assert "amp" not in line.lower() and "torchrun" not in line
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_non_finite_loss_without_amp_does_not_advise_turning_amp_off(tmp_path, capsys, monkeypatch):
+    import mtpeft_bench.train.trainer as engine
+
+    original = engine.compute_losses
+
+    def poisoned(outputs, targets, specs):
+        total, per_task = original(outputs, targets, specs)
+        return total * float("nan"), {t: v * float("nan") for t, v in per_task.items()}
+
+    monkeypatch.setattr(engine, "compute_losses", poisoned)
+    code, _, err = run_cli([*TINY, "--out", str(tmp_path / "results")], capsys)
+    assert code == 1
+    (line,) = [line for line in err.splitlines() if line.startswith("mtbench: error:")]
+    assert "non-finite" in line and "base_lr" in line and "amp" not in line.lower()

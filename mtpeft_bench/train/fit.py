@@ -15,6 +15,7 @@ from typing import Any, Callable, Protocol
 import torch
 from torch import nn
 
+from mtpeft_bench.errors import UserError
 from mtpeft_bench.measure import Throughput, peak_memory_mb, reset_peak_memory
 from mtpeft_bench.train.distributed import DistContext, set_epoch
 from mtpeft_bench.train.evaluation import evaluate
@@ -125,8 +126,8 @@ class FitLoop:
             session.mark("failed", str(exc))
             kept = "its last checkpoint is kept" if session.has_checkpoint() else "no checkpoint was written"
             raise RunFailed(f"{exc} (run {session.run_id} stopped; {kept} in {session.folder})") from None
-        except RunCancelled:
-            raise
+        except (RunCancelled, UserError):
+            raise  # bad input found mid-run (a corrupt data file): the run session decides what stays
         except KeyboardInterrupt:
             session.mark("cancelled", "interrupted at once (second Ctrl-C); the last periodic checkpoint is kept")
             raise
