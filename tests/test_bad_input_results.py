@@ -164,7 +164,7 @@ def test_a_corrupt_image_found_mid_run_leaves_nothing_behind(tmp_path, capsys):
 
 
 @pytest.mark.usefixtures("one_thread")
-def test_a_corrupt_image_after_a_checkpoint_keeps_it_and_says_how_to_resume(tmp_path, capsys):
+def test_a_corrupt_image_after_a_checkpoint_keeps_it_and_a_failed_resume_changes_nothing(tmp_path, capsys):
     from mtpeft_bench.tasks.miniature import write_nyud
 
     data = corrupt_nyud(tmp_path, "val")  # found by the final evaluation, after the checkpoint of epoch 1
@@ -176,6 +176,10 @@ def test_a_corrupt_image_after_a_checkpoint_keeps_it_and_says_how_to_resume(tmp_
     assert "cannot be decoded" in line and f"--resume {folder.name}" in line and "checkpoint is kept" in line
     assert json.loads((folder / "run.json").read_text())["status"] == "failed"
     assert not out.exists()
+    before = tree(tmp_path)  # resuming before the image is fixed fails again and leaves the run as it was
+    code, _, err = run_cli([*NYUD, "--data-root", str(data), "--out", str(out), "--resume", folder.name], capsys)
+    assert code == 2 and "cannot be decoded" in err
+    assert tree(tmp_path) == before
     write_nyud(tmp_path / "fixed")  # the same images, undamaged
     for image in (data / "images").iterdir():
         image.write_bytes((tmp_path / "fixed" / "images" / image.name).read_bytes())
@@ -238,3 +242,12 @@ def test_a_non_finite_loss_without_amp_does_not_advise_turning_amp_off(tmp_path,
     assert code == 1
     (line,) = [line for line in err.splitlines() if line.startswith("mtbench: error:")]
     assert "non-finite" in line and "base_lr" in line and "amp" not in line.lower()
+
+
+def test_compare_output_that_cannot_be_written_is_one_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    before = tree(tmp_path)
+    code, _, err = run_cli(["compare", "--results", str(FIXTURES / "synth"), "--output", str(tmp_path / "file" / "t.md")],
+                           capsys)
+    assert code == 2 and "cannot write the table to" in err and len(one_line_without_traceback(err)) == 1
+    assert tree(tmp_path) == before

@@ -78,7 +78,11 @@ def compare(results_dir, dataset, methods, tags, fmt, sort, reference, param_gro
     if output:
         from mtpeft_bench.atomic import write_text_atomic
 
-        click.echo(f"wrote {write_text_atomic(Path(output), text)}")
+        try:
+            written = write_text_atomic(Path(output), text)
+        except OSError as exc:
+            raise UserError(f"cannot write the table to {output}: {exc.strerror or exc}") from None
+        click.echo(f"wrote {written}")
     else:
         click.echo(text, nl=False)
 
