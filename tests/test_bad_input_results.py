@@ -152,11 +152,13 @@ NYUD = ["run", "--method", "full", "--dataset", "nyud", "--preset", "smoke", "--
         "--set", "batch_size=2", "--epochs", "1", "--no-progress"]
 
 
+@pytest.mark.parametrize("workers", [0, 2])
 @pytest.mark.usefixtures("one_thread")
-def test_a_corrupt_image_found_mid_run_leaves_nothing_behind(tmp_path, capsys):
+def test_a_corrupt_image_found_mid_run_leaves_nothing_behind(workers, tmp_path, capsys):
     data = corrupt_nyud(tmp_path, "train")
     before = tree(tmp_path)
-    code, _, err = run_cli([*NYUD, "--data-root", str(data), "--out", str(tmp_path / "out" / "results")], capsys)
+    code, _, err = run_cli([*NYUD, "--data-root", str(data), "--out", str(tmp_path / "out" / "results"),
+                            "--set", f"num_workers={workers}"], capsys)
     assert code == 2
     (line,) = [line for line in one_line_without_traceback(err) if line.startswith("mtbench: error:")]
     assert "cannot be decoded" in line and str(data / "images") in line

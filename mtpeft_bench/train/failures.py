@@ -15,10 +15,13 @@
 from __future__ import annotations
 
 import logging
+import re
 import signal
 import threading
 import time
 from typing import Any
+
+from mtpeft_bench.errors import UserError
 
 
 class RunFailed(Exception):
@@ -130,3 +133,27 @@ def oom_advice(cfg: Any, image_size: tuple[int, int], phase: str, world_size: in
                 f"{cfg.num_workers} data workers); try: " + "; ".join(tips))
     return (f"CUDA ran out of memory during {during} (batch {cfg.batch_size} per process, {h}x{w} px, "
             f"AMP {'on' if cfg.amp else 'off'}); try: " + "; ".join(tips))
+
+
+def user_error_from_worker(exc: BaseException) -> UserError | None:
+    """The one-line :class:`UserError` (e.g. a corrupt data file) that a DataLoader worker raised, or None.
+
+    Torch hands a worker's exception back as a RuntimeError (or the same class) whose text is the
+    worker's whole traceback, "Caught DataFileError in DataLoader worker process 0. Original
+    Traceback ... module.DataFileError: <message>"; this recovers the message when the class is a
+    UserError.
+    """
+    text = str(exc)
+    match = re.match(r"Caught (\w+) in DataLoader worker process \d+", text)
+    if match is None or not isinstance(exc, (RuntimeError, UserError)):
+        return None
+    name, classes, names = match.group(1), [UserError], set()
+    while classes:  # every UserError subclass defined so far
+        cls = classes.pop()
+        names.add(cls.__name__)
+        classes.extend(cls.__subclasses__())
+    if name not in names:
+        return None
+    last = text.rstrip().splitlines()[-1]
+    message = last.partition(f"{name}: ")[2]
+    return UserError(message) if message else None

@@ -19,7 +19,8 @@ from mtpeft_bench.errors import UserError
 from mtpeft_bench.measure import Throughput, peak_memory_mb, reset_peak_memory
 from mtpeft_bench.train.distributed import DistContext, set_epoch
 from mtpeft_bench.train.evaluation import evaluate
-from mtpeft_bench.train.failures import RunCancelled, RunFailed, StopOnSignal, oom_advice, out_of_memory_where
+from mtpeft_bench.train.failures import (RunCancelled, RunFailed, StopOnSignal, oom_advice, out_of_memory_where,
+                                          user_error_from_worker)
 from mtpeft_bench.train.trainer import EpochStats, Trainer, TrainingDiverged
 
 
@@ -132,6 +133,9 @@ class FitLoop:
             session.mark("cancelled", "interrupted at once (second Ctrl-C); the last periodic checkpoint is kept")
             raise
         except Exception as exc:
+            from_worker = user_error_from_worker(exc)
+            if from_worker is not None:
+                raise from_worker from None  # bad input, as if found without workers
             where = out_of_memory_where(exc)
             if where is None:
                 session.mark("failed", f"{type(exc).__name__}: {exc}")
