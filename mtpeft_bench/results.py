@@ -80,10 +80,10 @@ def _mapping_of_mappings(value: Any) -> bool:
 
 
 # Optional top-level keys and the JSON type each must have when present (None is always accepted).
-_OPTIONAL_TYPES: dict[str, tuple[type, ...]] = {
-    "config": (Mapping,), "method_config": (Mapping,), "data_config": (Mapping,), "weights": (Mapping,),
-    "params": (Mapping,), "efficiency": (Mapping,), "delta_m": (Mapping,), "method_info": (Mapping,),
-    "environment": (Mapping,), "history": (list,), "tag": (str,), "preset": (str,),
+_OPTIONAL_TYPES: dict[str, tuple[type, str]] = {
+    **{key: (Mapping, "mapping") for key in ("config", "method_config", "data_config", "weights", "params",
+                                             "efficiency", "delta_m", "method_info", "environment")},
+    "history": (list, "list"), "tag": (str, "string"), "preset": (str, "string"),
 }
 
 
@@ -119,10 +119,10 @@ def record_problem(data: Any) -> str | None:
             bad = [name for name, value in values.items() if not _is_number(value)]
             if bad:
                 return f"'metrics.{task}.{bad[0]}' is not a number"
-    for key, types in _OPTIONAL_TYPES.items():
+    for key, (kind, kind_name) in _OPTIONAL_TYPES.items():
         value = data.get(key)
-        if value is not None and not isinstance(value, types):
-            return f"'{key}' is {type(value).__name__}, not a {'list' if types == (list,) else 'mapping' if types == (Mapping,) else 'string'}"
+        if value is not None and not isinstance(value, kind):
+            return f"'{key}' is {type(value).__name__}, not a {kind_name}"
     return None
 
 
@@ -165,8 +165,9 @@ def read_records(root: Path, *, strict: bool = False,
     records, skipped = scan_records(Path(root))
     if skipped and strict:
         (path, reason), more = skipped[0], len(skipped) - 1
-        raise UserError(f"invalid result file {path}: {reason}" + (f" (and {more} more invalid file{'s' if more > 1 else ''})" if more else "")
-                        + "; fix or remove it, or leave out --strict to skip it with a warning")
+        others = f" (and {more} more invalid file{'s' if more > 1 else ''})" if more else ""
+        raise UserError(f"invalid result file {path}: {reason}{others}; fix or remove it, or leave out --strict "
+                        "to skip it with a warning")
     say = warn or logging.getLogger("mtpeft_bench").warning
     for path, reason in skipped:
         say(f"mtbench: warning: skipped {path}: {reason}")

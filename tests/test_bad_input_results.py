@@ -249,7 +249,19 @@ def test_a_non_finite_loss_without_amp_does_not_advise_turning_amp_off(tmp_path,
 def test_compare_output_that_cannot_be_written_is_one_line(tmp_path, capsys):
     (tmp_path / "file").write_text("")
     before = tree(tmp_path)
-    code, _, err = run_cli(["compare", "--results", str(FIXTURES / "synth"), "--output", str(tmp_path / "file" / "t.md")],
-                           capsys)
+    target = tmp_path / "file" / "t.md"
+    code, _, err = run_cli(["compare", "--results", str(FIXTURES / "synth"), "--output", str(target)], capsys)
     assert code == 2 and "cannot write the table to" in err and len(one_line_without_traceback(err)) == 1
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize("source", ["x.zip", "empty-folder", "bad.tgz"])
+def test_a_failed_data_prepare_leaves_no_data_root_behind(source, tmp_path, capsys):
+    (tmp_path / "x.zip").write_text("")
+    (tmp_path / "empty-folder").mkdir()
+    (tmp_path / "bad.tgz").write_text("junk")
+    before = tree(tmp_path)
+    code, _, err = run_cli(["data", "prepare", "nyud", "--from", str(tmp_path / source),
+                            "--data-root", str(tmp_path / "new" / "data")], capsys)
+    assert code == 2 and len(one_line_without_traceback(err)) == 1
     assert tree(tmp_path) == before

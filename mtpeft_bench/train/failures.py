@@ -98,7 +98,9 @@ def out_of_memory_where(exc: BaseException) -> str | None:
     if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and any(m in text for m in CPU_OUT_OF_MEMORY)):
         return "cpu"
     oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
-    if (oom is not None and isinstance(exc, oom)) or (isinstance(exc, RuntimeError) and "out of memory" in text.lower()):
+    if oom is not None and isinstance(exc, oom):
+        return "cuda"
+    if isinstance(exc, RuntimeError) and "out of memory" in text.lower():
         return "cuda"
     return None
 
