@@ -93,8 +93,11 @@ def record_problem(data: Any) -> str | None:
     Checks the schema version and the types of every key that reading and comparing rely on, so a
     damaged record is reported by name instead of failing deep inside a table.
     """
-    if not isinstance(data, Mapping) or "schema_version" not in data or "run_id" not in data:
-        return "not a result record (no schema_version and run_id)"
+    if not isinstance(data, Mapping):
+        return f"not a result record (a JSON {type(data).__name__}, not an object)"
+    missing = [key for key in ("schema_version", "run_id") if key not in data]
+    if missing:
+        return f"not a result record (no {' and no '.join(missing)})"
     if data["schema_version"] != SCHEMA_VERSION:
         return f"schema_version {data['schema_version']!r}, but this mtbench reads version {SCHEMA_VERSION}"
     for key in ("run_id", "method", "dataset", "status"):
