@@ -25,12 +25,14 @@ Schema (``schema_version`` 1), top-level keys:
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from mtpeft_bench.atomic import write_json_atomic
+from mtpeft_bench.errors import UserError
 
 SCHEMA_VERSION = 1
 
@@ -69,17 +71,109 @@ def iter_record_files(root: Path) -> Iterable[Path]:
         yield path
 
 
-def read_records(root: Path) -> list[dict[str, Any]]:
-    """Every run record under ``root`` (files that are not run records are skipped)."""
-    records = []
+def _is_number(value: Any) -> bool:
+    return value is None or (isinstance(value, (int, float)) and not isinstance(value, bool))
+
+
+def _mapping_of_mappings(value: Any) -> bool:
+    return isinstance(value, Mapping) and all(isinstance(v, Mapping) for v in value.values())
+
+
+# Optional top-level keys and the JSON type each must have when present (None is always accepted).
+_OPTIONAL_TYPES: dict[str, tuple[type, str]] = {
+    **{key: (Mapping, "mapping") for key in ("config", "method_config", "data_config", "weights", "params",
+                                             "efficiency", "delta_m", "method_info", "environment")},
+    "history": (list, "list"), "tag": (str, "string"), "preset": (str, "string"),
+}
+
+
+def record_problem(data: Any) -> str | None:
+    """Why ``data`` (a parsed JSON file) is not a result record this version can read, or None if it is.
+
+    Checks the schema version and the types of every key that reading and comparing rely on, so a
+    damaged record is reported by name instead of failing deep inside a table.
+    """
+    if not isinstance(data, Mapping):
+        return f"not a result record (a JSON {type(data).__name__}, not an object)"
+    missing = [key for key in ("schema_version", "run_id") if key not in data]
+    if missing:
+        return f"not a result record (no {' and no '.join(missing)})"
+    if data["schema_version"] != SCHEMA_VERSION:
+        return f"schema_version {data['schema_version']!r}, but this mtbench reads version {SCHEMA_VERSION}"
+    for key in ("run_id", "method", "dataset", "status"):
+        if not isinstance(data.get(key), str):
+            return f"'{key}' is {type(data.get(key)).__name__}, not a string"
+    tasks = data.get("tasks")
+    if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
+        return "'tasks' is not a list of task names"
+    specs = data.get("task_specs")
+    if not _mapping_of_mappings(specs):
+        return "'task_specs' is not a mapping of task to its metrics"
+    for task in tasks:
+        spec = specs.get(task)
+        if not isinstance(spec, Mapping) or not isinstance(spec.get("primary"), str) \
+                or not _mapping_of_mappings(spec.get("metrics")):
+            return f"'task_specs' has no primary metric and metrics for task {task}"
+    metrics = data.get("metrics")
+    if metrics is not None:
+        if not _mapping_of_mappings(metrics):
+            return f"'metrics' is {type(metrics).__name__}, not a mapping of task to {{metric: value}}"
+        for task, values in metrics.items():
+            bad = [name for name, value in values.items() if not _is_number(value)]
+            if bad:
+                return f"'metrics.{task}.{bad[0]}' is not a number"
+    for key, (kind, kind_name) in _OPTIONAL_TYPES.items():
+        value = data.get(key)
+        if value is not None and not isinstance(value, kind):
+            return f"'{key}' is {type(value).__name__}, not a {kind_name}"
+    return None
+
+
+def scan_records(root: Path) -> tuple[list[dict[str, Any]], list[tuple[Path, str]]]:
+    """Every valid run record under ``root`` and, for every other JSON file, ``(path, why it was skipped)``."""
+    records, skipped = [], []
     for path in iter_record_files(root):
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
+        except OSError as exc:
+            skipped.append((path, f"cannot be read ({exc.strerror or exc})"))
             continue
-        if isinstance(data, dict) and "schema_version" in data and "run_id" in data:
-            data["_path"] = str(path)
-            records.append(data)
+        except UnicodeDecodeError:
+            skipped.append((path, "not UTF-8 text"))
+            continue
+        except json.JSONDecodeError as exc:
+            skipped.append((path, f"not valid JSON, truncated or damaged ({exc.msg} at line {exc.lineno} "
+                                  f"column {exc.colno})"))
+            continue
+        problem = record_problem(data)
+        if problem is not None:
+            skipped.append((path, problem))
+            continue
+        data["_path"] = str(path)
+        records.append(data)
+    return records, skipped
+
+
+def read_records(root: Path, *, strict: bool = False,
+                 warn: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+    """Every run record under ``root``.
+
+    Every other JSON file there (unreadable, truncated, another schema version, keys of the wrong
+    type, not a record at all) is named with the reason in one warning line each (``warn``, by
+    default the ``mtpeft_bench`` logger), or, when ``strict``, is an error.
+
+    Raises:
+        UserError: ``strict`` and some file is not a valid record (one line naming the first).
+    """
+    records, skipped = scan_records(Path(root))
+    if skipped and strict:
+        (path, reason), more = skipped[0], len(skipped) - 1
+        others = f" (and {more} more invalid file{'s' if more > 1 else ''})" if more else ""
+        raise UserError(f"invalid result file {path}: {reason}{others}; fix or remove it, or leave out --strict "
+                        "to skip it with a warning")
+    say = warn or logging.getLogger("mtpeft_bench").warning
+    for path, reason in skipped:
+        say(f"mtbench: warning: skipped {path}: {reason}")
     return records
 
 
@@ -144,17 +238,18 @@ def flatten_record(record: Mapping[str, Any]) -> dict[str, Any]:
     return row
 
 
-def load_results(path: str | os.PathLike = "results"):
+def load_results(path: str | os.PathLike = "results", *, strict: bool = False):
     """Load every run record under ``path`` into a ``pandas.DataFrame`` (one row per run, flat columns).
 
-    See :func:`flatten_record` for the columns. Torch is not imported. Example::
+    See :func:`flatten_record` for the columns. Torch is not imported. A JSON file that is not a valid
+    record is skipped with one warning line naming it and why (``strict=True``: a ``UserError``). Example::
 
         df = load_results("results")
         df.groupby("method")["delta_m"].agg(["mean", "std"])
     """
     import pandas as pd
 
-    rows = [flatten_record(r) for r in read_records(Path(path))]
+    rows = [flatten_record(r) for r in read_records(Path(path), strict=strict)]
     return pd.DataFrame(rows)
 
 
@@ -175,10 +270,10 @@ def history_rows(record: Mapping[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def load_history(path: str | os.PathLike = "results"):
+def load_history(path: str | os.PathLike = "results", *, strict: bool = False):
     """Training curves of every run under ``path`` as a long ``pandas.DataFrame`` (one row per run and
-    epoch; columns of :func:`history_rows`). Torch is not imported."""
+    epoch; columns of :func:`history_rows`). Torch is not imported; invalid files as in :func:`load_results`."""
     import pandas as pd
 
-    rows = [row for record in read_records(Path(path)) for row in history_rows(record)]
+    rows = [row for record in read_records(Path(path), strict=strict) for row in history_rows(record)]
     return pd.DataFrame(rows)

@@ -97,34 +97,44 @@ def prepare(plugin: Any, source: Path, data_root: Path | None, symlink: bool = F
     if dest.exists() or dest.is_symlink():
         raise UserError(f"{dest} already exists; `mtbench data verify {name} --data-root {data_root}` checks it "
                         "(remove it first to prepare again)")
+    created = [p for p in (data_root, *data_root.parents) if not p.exists()]  # deepest first
     data_root.mkdir(parents=True, exist_ok=True)
-    if source.is_file():
-        if not source.name.endswith(ARCHIVE_SUFFIXES):
-            raise UserError(f"{source} is neither a folder nor a .tgz/.tar.gz/.tar archive")
-        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=data_root))
-        try:
-            extract(source, tmp, progress)
-            found = find_in_tree(tmp, markers)
-            if found is None:
-                raise UserError(f"{source} holds no {plugin.folder_names[0]} dataset (no {', '.join(markers)} inside)")
-            plugin.check_variant(found)
-            os.replace(found, dest)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    else:
-        found = find_in_tree(source, markers)
-        if found is None:
-            raise UserError(f"{source} holds no {plugin.folder_names[0]} dataset (looked for {', '.join(markers)} "
-                            "in it and two levels below)")
-        plugin.check_variant(found)
-        if symlink:
-            dest.symlink_to(found.resolve(), target_is_directory=True)
-        else:
+    try:
+        if source.is_file():
+            if not source.name.endswith(ARCHIVE_SUFFIXES):
+                raise UserError(f"{source} is neither a folder nor a .tgz/.tar.gz/.tar archive")
             tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=data_root))
             try:
-                progress(f"copying {found} ...")
-                shutil.copytree(found, tmp / "data", copy_function=_link_or_copy)
-                os.replace(tmp / "data", dest)
+                extract(source, tmp, progress)
+                found = find_in_tree(tmp, markers)
+                if found is None:
+                    raise UserError(f"{source} holds no {plugin.folder_names[0]} dataset "
+                                    f"(no {', '.join(markers)} inside)")
+                plugin.check_variant(found)
+                os.replace(found, dest)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            found = find_in_tree(source, markers)
+            if found is None:
+                raise UserError(f"{source} holds no {plugin.folder_names[0]} dataset (looked for {', '.join(markers)} "
+                                "in it and two levels below)")
+            plugin.check_variant(found)
+            if symlink:
+                dest.symlink_to(found.resolve(), target_is_directory=True)
+            else:
+                tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=data_root))
+                try:
+                    progress(f"copying {found} ...")
+                    shutil.copytree(found, tmp / "data", copy_function=_link_or_copy)
+                    os.replace(tmp / "data", dest)
+                finally:
+                    shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        for folder in created:  # a failure leaves no empty folder this call made
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
     return dest

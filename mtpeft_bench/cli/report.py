@@ -22,6 +22,15 @@ methods_option = click.option("--method", "-m", "methods", default=None,
 tags_option = click.option("--tag", "tags", default=None, help="Only runs with these tags (comma-separated).")
 baseline_option = click.option("--baseline-method", default="full", show_default=True,
                                help="Method whose single-task runs are the Δm baselines.")
+strict_option = click.option("--strict", is_flag=True, help="A JSON file under --results that is not a valid "
+                             "result record is an error (by default it is skipped with a warning naming it).")
+
+
+def read_results(path: Path, strict: bool) -> list[dict]:
+    """The records under ``path``; each file that is not a valid record is named on stderr (or, strict, an error)."""
+    from mtpeft_bench.results import read_records
+
+    return read_records(path, strict=strict, warn=lambda line: click.echo(line, err=True))
 
 
 EXAMPLES_COMPARE = """\b
@@ -46,14 +55,14 @@ Examples:
 @click.option("--param-groups", is_flag=True, help="Add trainable parameters by group (method, extras, "
               "linears, decoder).")
 @baseline_option
+@strict_option
 @click.option("--output", "-o", default=None, help="Write to this file instead of standard output.")
-def compare(results_dir, dataset, methods, tags, fmt, sort, reference, param_groups, baseline_method, output):
+def compare(results_dir, dataset, methods, tags, fmt, sort, reference, param_groups, baseline_method, strict, output):
     """Leaderboard of all runs: per-task metrics, Δm, Pareto front, parameters, FLOPs, memory, speed."""
     from mtpeft_bench.report.rows import leaderboard, render_document, with_published
-    from mtpeft_bench.results import read_records
 
     path = Path(results_dir)
-    records = read_records(path) if path.exists() else []
+    records = read_results(path, strict) if path.exists() else []
     if not records and not (reference and dataset):
         raise UserError(f"no result files under {path}; run `mtbench run ...` first or pass --results DIR"
                         if path.exists() else
@@ -69,7 +78,11 @@ def compare(results_dir, dataset, methods, tags, fmt, sort, reference, param_gro
     if output:
         from mtpeft_bench.atomic import write_text_atomic
 
-        click.echo(f"wrote {write_text_atomic(Path(output), text)}")
+        try:
+            written = write_text_atomic(Path(output), text)
+        except OSError as exc:
+            raise UserError(f"cannot write the table to {output}: {exc.strerror or exc}") from None
+        click.echo(f"wrote {written}")
     else:
         click.echo(text, nl=False)
 
@@ -90,15 +103,14 @@ Examples:
 @tags_option
 @click.option("--reference", is_flag=True, help="Add the published rows to the Pareto plot.")
 @baseline_option
+@strict_option
 @click.option("--format", "fmt", type=click.Choice(["png", "pdf", "svg"]), default="png", show_default=True)
-def plot(results_dir, out, dataset, methods, tags, reference, baseline_method, fmt):
+def plot(results_dir, out, dataset, methods, tags, reference, baseline_method, strict, fmt):
     """Figures: Δm vs trainable parameters with the Pareto front, per-task metrics, cost, training curves."""
-    from mtpeft_bench.results import read_records
-
     path = Path(results_dir)
     if not path.exists():
         raise UserError(f"no results folder {path}; run `mtbench run ...` first or pass --results DIR")
-    records = read_records(path)
+    records = read_results(path, strict)
     if not records:
         raise UserError(f"no result files under {path}")
     from mtpeft_bench.report.plots import plot_all

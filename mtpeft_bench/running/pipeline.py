@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mtpeft_bench.config import RunConfig
+from mtpeft_bench.errors import UserError
 from mtpeft_bench.running.build import build_training, seed_everything
 from mtpeft_bench.running.folders import runs_root
 from mtpeft_bench.running.record import build_record, global_rate, write_result
@@ -51,7 +52,8 @@ def run(cfg: RunConfig | None = None, /, *, resume: bool | str | None = None, **
     newest interrupted run, or return its completed record, or start one) or a run id (running/resume.py).
 
     Raises:
-        UserError: bad input, found before training where possible.
+        UserError: bad input, found before training where possible (found later, e.g. a corrupt
+            data file, it leaves the run folders as they were unless a checkpoint was saved).
         RunFailed: the loss diverged or memory ran out (the last checkpoint is kept).
         RunCancelled: stopped by Ctrl-C/SIGTERM after saving a checkpoint (a ``KeyboardInterrupt``).
     """
@@ -73,14 +75,20 @@ def run(cfg: RunConfig | None = None, /, *, resume: bool | str | None = None, **
     seed_everything(cfg.seed, cfg.deterministic)
     training = build_training(resolved, ctx, device)
     session = RunSession.begin(ctx, plan, device)  # from here on, the run folder records how the run ends
-    session.restore_model(training.model)
-    session.restore_training(training.trainer)
-    say = LOG.info if ctx.is_main else (lambda message: None)
-    for line in start_lines(resolved, ctx, device, training, session):
-        say(line)
+    try:
+        session.restore_model(training.model)
+        session.restore_training(training.trainer)
+        say = LOG.info if ctx.is_main else (lambda message: None)
+        for line in start_lines(resolved, ctx, device, training, session):
+            say(line)
 
-    fit = FitLoop(cfg, resolved.task_specs, resolved.image_size, ctx, device, training.model, training.trainer,
-                  training.train_loader, training.val_loader, session).run(say)
+        fit = FitLoop(cfg, resolved.task_specs, resolved.image_size, ctx, device, training.model, training.trainer,
+                      training.train_loader, training.val_loader, session).run(say)
+    except UserError as exc:  # bad input found mid-run: leave the folders as they were, bar a useful checkpoint
+        kept = session.abandon(str(exc))
+        if not kept:
+            raise
+        raise UserError(f"{exc}{kept}") from None
     rates = (global_rate(ctx, training.trainer.train_throughput.last_rate), global_rate(ctx, fit.inference.last_rate))
     if not ctx.is_main:
         ctx.barrier()  # rank 0 writes the record

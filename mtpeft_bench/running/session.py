@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import socket
 import time
 from dataclasses import dataclass
@@ -33,8 +34,9 @@ from typing import Any, Mapping
 
 import torch
 
+from mtpeft_bench.atomic import write_json_atomic
 from mtpeft_bench.errors import UserError
-from mtpeft_bench.running.folders import RunDir, new_run_state
+from mtpeft_bench.running.folders import STATE_NAME, RunDir, new_run_state
 from mtpeft_bench.running.resume import decide
 from mtpeft_bench.train.checkpoint import (
     Checkpoint,
@@ -62,6 +64,8 @@ class SessionPlan:
         run_id, state: the run folder's id and the state it starts with.
         resume: whether it continues from the folder's checkpoint.
         root: the run folders' root.
+        previous_state: when resuming, the folder's state before this session (put back by
+            :meth:`RunSession.abandon`).
     """
 
     completed: dict[str, Any] | None = None
@@ -69,6 +73,7 @@ class SessionPlan:
     state: dict[str, Any] | None = None
     resume: bool = False
     root: str = ""
+    previous_state: dict[str, Any] | None = None
 
 
 class RunSession:
@@ -81,11 +86,16 @@ class RunSession:
     collective steps (the decision, gathering RNG states).
     """
 
-    def __init__(self, ctx: DistContext, run_dir: RunDir, checkpoint: Checkpoint | None, device: torch.device):
+    def __init__(self, ctx: DistContext, run_dir: RunDir, checkpoint: Checkpoint | None, device: torch.device,
+                 previous_state: dict[str, Any] | None = None, created: list[Path] | None = None):
         self.ctx = ctx
         self.run_dir = run_dir
         self.checkpoint = checkpoint
         self.device = device
+        # What abandon() undoes: the folder's state before this session, or the folders it created.
+        self.previous_state = previous_state
+        self.created = list(created or [])
+        self.saved = False  # whether this session wrote a checkpoint
         meta = checkpoint.meta if checkpoint is not None else {}
         self.start_epoch: int = int(meta.get("epoch", 1))
         self.step_in_epoch: int = int(meta.get("step_in_epoch", 0))
@@ -143,19 +153,22 @@ class RunSession:
         state = dict(decision.run.state)
         state.update(status="running", message="", pid=os.getpid(), host=socket.gethostname(),
                      sessions=int(state.get("sessions", 1)) + 1)
-        return SessionPlan(run_id=decision.run.run_id, state=state, resume=True, root=str(root))
+        return SessionPlan(run_id=decision.run.run_id, state=state, resume=True, root=str(root),
+                           previous_state=dict(decision.run.state))
 
     @classmethod
     def begin(cls, ctx: DistContext, plan: SessionPlan, device: torch.device) -> "RunSession":
         """Load the checkpoint (when resuming) and mark the run folder ``running`` for this process."""
         run_dir = RunDir(Path(plan.root) / plan.run_id, dict(plan.state or {}))
         checkpoint = load_checkpoint(run_dir.checkpoint_path) if plan.resume else None
+        created: list[Path] = []
         if ctx.is_main:
+            created = [p for p in (run_dir.path, *run_dir.path.parents) if not p.exists()]  # deepest first
             run_dir.path.mkdir(parents=True, exist_ok=True)
             run_dir.clean_temporaries()
             run_dir.update()
         ctx.barrier()
-        return cls(ctx, run_dir, checkpoint, device)
+        return cls(ctx, run_dir, checkpoint, device, plan.previous_state, created)
 
     # -- restoring ----------------------------------------------------------------------------------
     def restore_model(self, model: torch.nn.Module) -> None:
@@ -196,6 +209,7 @@ class RunSession:
             save_checkpoint(self.run_dir.checkpoint_path, model=model, optimizer=trainer.optimizer,
                             scheduler=trainer.scheduler, scaler=trainer.scaler, rng_states=rng_states, meta=meta)
             self.run_dir.update(epoch=epoch, step_in_epoch=step_in_epoch, checkpoint=self.run_dir.checkpoint_path.name)
+        self.saved = True
         self.ctx.barrier()
 
     def mark(self, status: str, message: str = "", **fields: Any) -> None:
@@ -206,3 +220,28 @@ class RunSession:
             self.run_dir.update(status=status, message=message, **fields)
         except OSError:
             pass
+
+    def abandon(self, message: str) -> str:
+        """Bad input found after the run folder was opened (a corrupt data file, a checkpoint that does
+        not fit the model): leave the run folders as they were before this session, unless this
+        session saved a checkpoint worth continuing from (then the run is marked ``failed``).
+
+        Returns what to add to the error line ("" when nothing was kept). Never raises (it runs
+        while handling an error); rank 0 touches the files, every process returns the same text.
+        """
+        if self.saved:
+            self.mark("failed", message)
+            return (f" (run {self.run_id} stopped; its last checkpoint is kept in {self.folder}: fix this and "
+                    f"continue it with the same command and --resume {self.run_id})")
+        if not self.ctx.is_main:
+            return ""
+        try:
+            if self.previous_state is not None:  # resumed: put its state back as it was
+                write_json_atomic(self.run_dir.path / STATE_NAME, self.previous_state)
+            else:  # new: remove its folder and every folder this session created for it
+                shutil.rmtree(self.run_dir.path, ignore_errors=True)
+                for folder in self.created[1:]:
+                    folder.rmdir()  # fails (and stops) at the first folder that is not empty
+        except OSError:
+            pass
+        return ""

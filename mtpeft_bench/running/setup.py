@@ -1,6 +1,6 @@
 """Before anything is built: the configuration, resolved one way for every entry point; the
 plugins and their options; the data root; the run's identity (its configuration hash); the device;
-and the output folders, checked writable. Nothing here reads data or builds a model.
+and the output folders, checked writable (not created). Nothing here reads data or builds a model.
 
 Bad input is found cheapest first, so no mistake waits behind a slow step: names (method, dataset,
 tasks) and values (settings, plugin options, loss weights) in :func:`resolve_config` and
@@ -122,10 +122,19 @@ def pick_device(name: str):
 
 
 def check_writable(out: Path, what: str = "results", fix: str = "choose another folder with --out") -> None:
-    """Fail before training, not after, when results (or checkpoints) cannot be written."""
+    """Fail before training, not after, when results (or checkpoints) cannot be written.
+
+    Creates nothing: the check writes and removes a probe file in ``out`` or, while ``out`` does not
+    exist yet, in its nearest existing parent (where it will be created). The folder itself is made
+    when the first file goes into it, so a run that fails leaves no empty folder behind.
+    """
+    base = Path(out).absolute()
+    while not base.exists() and base.parent != base:
+        base = base.parent
+    if not base.is_dir():
+        raise UserError(f"cannot write {what} to {out}: {base} is not a folder; {fix}")
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / f".write-test-{secrets.token_hex(4)}"
+        probe = base / f".write-test-{secrets.token_hex(4)}"
         probe.write_text("")
         probe.unlink()
     except OSError as exc:

@@ -15,10 +15,12 @@ from typing import Any, Callable, Protocol
 import torch
 from torch import nn
 
+from mtpeft_bench.errors import UserError
 from mtpeft_bench.measure import Throughput, peak_memory_mb, reset_peak_memory
 from mtpeft_bench.train.distributed import DistContext, set_epoch
 from mtpeft_bench.train.evaluation import evaluate
-from mtpeft_bench.train.failures import RunCancelled, RunFailed, StopOnSignal, is_out_of_memory, oom_advice
+from mtpeft_bench.train.failures import (RunCancelled, RunFailed, StopOnSignal, oom_advice, out_of_memory_where,
+                                          user_error_from_worker)
 from mtpeft_bench.train.trainer import EpochStats, Trainer, TrainingDiverged
 
 
@@ -125,18 +127,22 @@ class FitLoop:
             session.mark("failed", str(exc))
             kept = "its last checkpoint is kept" if session.has_checkpoint() else "no checkpoint was written"
             raise RunFailed(f"{exc} (run {session.run_id} stopped; {kept} in {session.folder})") from None
-        except RunCancelled:
-            raise
+        except (RunCancelled, UserError):
+            raise  # bad input found mid-run (a corrupt data file): the run session decides what stays
         except KeyboardInterrupt:
             session.mark("cancelled", "interrupted at once (second Ctrl-C); the last periodic checkpoint is kept")
             raise
         except Exception as exc:
-            if not is_out_of_memory(exc):
+            from_worker = user_error_from_worker(exc)
+            if from_worker is not None:
+                raise from_worker from None  # bad input, as if found without workers
+            where = out_of_memory_where(exc)
+            if where is None:
                 session.mark("failed", f"{type(exc).__name__}: {exc}")
                 raise
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
-            advice = oom_advice(self.cfg, self.image_size, self.phase, self.ctx.world_size)
+            advice = oom_advice(self.cfg, self.image_size, self.phase, self.ctx.world_size, where)
             session.mark("failed", advice)
             raise RunFailed(advice) from None
         return FitResult(metrics, infer, train_peak, memory_kind, peak, self.history)

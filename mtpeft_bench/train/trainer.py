@@ -129,8 +129,10 @@ class Trainer:
         if total_bad or any(task_bad):
             bad = [t for t, b in zip(per_task, task_bad) if b]
             where = f"in the loss of task {', '.join(bad)}" if bad else "in the method's extra loss"
+            amp_on = self.amp and self.device.type == "cuda"  # AMP is off on other devices (train/device.py)
             raise TrainingDiverged(f"the loss became non-finite (nan or inf) at step {self.step} {where}; "
-                                   "lower the learning rate (--set base_lr=...) or disable AMP (--set amp=false)")
+                                   "lower the learning rate (--set base_lr=...)"
+                                   + (" or disable AMP (--set amp=false)" if amp_on else ""))
         return stop
 
     def train_epoch(self, loader: Iterable, epoch: int, epochs: int, limit: int | None = None,
