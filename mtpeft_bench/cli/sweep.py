@@ -43,7 +43,7 @@ def sweep(method, dataset, old_methods, old_datasets, seeds, print_commands, npr
     """
     from mtpeft_bench.config import parse_sets
     from mtpeft_bench.running.summary import LOG, print_summary
-    from mtpeft_bench.running.sweep import classify, expand, run_grid, torchrun_command
+    from mtpeft_bench.running.sweep import busy_machine_warning, classify, expand, run_grid, torchrun_command
 
     methods = require(new_or_old(method, old_methods, "--method", "--methods"), "--method")
     datasets = new_or_old(dataset, old_datasets, "--dataset", "--datasets", default="synth")
@@ -79,8 +79,12 @@ def sweep(method, dataset, old_methods, old_datasets, seeds, print_commands, npr
                 click.echo(torchrun_command(point, run_args, nproc_per_node, nnodes))
         return
 
+    warning = busy_machine_warning()
+    if warning:
+        echo(warning)
     result = run_grid(points, echo, show=print_summary)
-    echo(f"sweep: {len(result.completed)} completed, {len(result.skipped)} skipped, {len(result.failed)} failed")
+    echo(f"sweep: {len(result.completed)} completed, {len(result.skipped)} skipped, {len(result.failed)} failed"
+         + (f", {len(result.elsewhere)} running in another process" if result.elsewhere else ""))
     if result.failed:
         names = ", ".join(name for name, _ in result.failed)
         raise click.ClickException(f"{len(result.failed)} of {len(points)} runs failed ({names}); "
