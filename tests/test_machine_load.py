@@ -111,3 +111,19 @@ def test_compare_without_load_readings_has_no_flag_and_no_column(tmp_path, capsy
     assert "†" not in compare(tmp_path, capsys)
     write_record(tmp_path / "old", record("full", None))
     assert "busy_machine" not in compare(tmp_path / "old", capsys, "--format", "csv")
+
+
+@pytest.mark.parametrize("listing, others", [
+    ("GPU:0\nprocess {me:>10d} uses      500.000 MB GPU memory", 0),
+    ("GPU:0\nprocess {me:>10d} uses      500.000 MB GPU memory\nprocess      99999 uses 10.000 MB GPU memory", 1),
+    ("GPU:0\nprocess      77777 uses 500.000 MB GPU memory\nprocess      99999 uses 10.000 MB GPU memory", 1),
+    ("pynvml module not found, please install pynvml", None),
+])
+def test_other_gpu_processes_are_read_from_torch(monkeypatch, listing, others):
+    import os
+
+    from mtpeft_bench.machine_load import gpu_other_processes
+
+    monkeypatch.setattr(torch.cuda, "list_gpu_processes", lambda device: listing.format(me=os.getpid()))
+    assert gpu_other_processes(torch.device("cuda", 0)) == others  # (a host pid listed in a container is us)
+    assert gpu_other_processes(torch.device("cpu")) is None

@@ -79,3 +79,10 @@ def test_two_sweeps_on_one_grid_run_each_point_once(tmp_path):
     said = "".join(err for _, err in outputs)
     assert said.count(": start") == 2, said
     print(f"two sweeps took {time.monotonic() - started:.0f} s")
+
+
+def test_an_unwritable_runs_folder_is_left_to_the_run_to_report(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with run_lock(blocker / "runs", "abc") as held:  # a folder under a file cannot be made
+        assert held

@@ -50,8 +50,9 @@ def run_lock(runs: Path, config_hash: str) -> Iterator[bool]:
     """Hold the lock of ``config_hash`` under the runs folder ``runs`` for the ``with`` block.
 
     Yields:
-        True when this process holds the lock, False when another one does (then nothing is held).
-        A runs folder this creates is removed again when it is still empty at the end.
+        True when this process holds the lock (or cannot take one: the runs folder is not
+        writable), False when another one does (then nothing is held). A runs folder this creates
+        is removed again when it is still empty at the end.
     """
     runs = Path(runs)
     if fcntl is None:
@@ -59,9 +60,13 @@ def run_lock(runs: Path, config_hash: str) -> Iterator[bool]:
         return
     created = not runs.exists()
     path = lock_path(runs, config_hash)
-    fd = _take(path)
     try:
-        yield fd is not None
+        fd = _take(path)
+        held = fd is not None
+    except OSError:  # the runs folder cannot be written: the run reports that in its own words
+        fd, held = None, True
+    try:
+        yield held
     finally:
         if fd is not None:
             path.unlink(missing_ok=True)  # while still held: see the module docstring
