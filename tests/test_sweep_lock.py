@@ -86,3 +86,27 @@ def test_an_unwritable_runs_folder_is_left_to_the_run_to_report(tmp_path):
     blocker.write_text("")
     with run_lock(blocker / "runs", "abc") as held:  # a folder under a file cannot be made
         assert held
+
+
+@pytest.mark.slow
+def test_jobs_share_the_grid_and_the_cores(tmp_path):
+    out = tmp_path / "results"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MTBENCH_CACHE": str(tmp_path / "cache")}
+    env.pop("MTBENCH_DATA", None)
+    done = subprocess.run([sys.executable, "-m", "mtpeft_bench", *GRID, "--out", str(out), "--jobs", "2"], env=env,
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert "sweep: 2 jobs share the grid, each with" in done.stderr
+    records = [json.loads(path.read_text()) for path in out.rglob("*.json")]
+    assert sorted(r["seed"] for r in records) == [0, 1]
+    from mtpeft_bench.machine_load import cpu_count
+
+    assert {r["efficiency"]["load"]["threads"] for r in records} == {max(cpu_count() // 2, 1)}
+    assert not [p for p in tmp_path.rglob("*") if p.name.endswith((".tmp", ".lock"))]
+
+
+def test_jobs_must_be_positive_and_do_not_combine_with_print_commands(tmp_path, capsys):
+    code, _, err = run_cli([*GRID, "--out", str(tmp_path), "--jobs", "0"], capsys)
+    assert code == 2 and "--jobs must be at least 1" in err
+    code, _, err = run_cli([*GRID, "--out", str(tmp_path), "--jobs", "2", "--print-commands"], capsys)
+    assert code == 2 and "does not combine" in err

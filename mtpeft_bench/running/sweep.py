@@ -8,7 +8,8 @@ folder is resumed from its checkpoint; the rest start (the decision of running/r
 interrupted one continues where it stopped. A run that fails (divergence, out of memory) is
 reported and the sweep goes on; Ctrl-C stops the sweep after the current run saved its checkpoint.
 
-Runs go one at a time, each with all of torch's threads. Several sweeps may share a grid: each
+Runs go one at a time, each with all of torch's threads, unless ``--jobs N`` starts N − 1 more
+sweep processes on the same grid, all with CPUs/N threads. Several sweeps may share a grid: each
 point is run under its lock (running/run_lock.py), taken before the decision is made again in
 ``run(cfg, resume=True)`` and held to the end of the run, so a point another sweep is running is
 skipped, and one it finished meanwhile is found completed. (A sweep under torchrun takes no lock:
@@ -77,6 +78,27 @@ def classify(points: Sequence[GridPoint]) -> None:
         point.state, point.detail = decision.kind, decision.detail
 
 
+def start_jobs(sweep_args: Sequence[str], count: int, threads: int) -> list[Any]:
+    """Start ``count`` more ``mtbench sweep`` processes with ``sweep_args`` (the same grid), each with
+    ``threads`` torch threads; the run locks share the points out between them and this process."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    return [subprocess.Popen([sys.executable, "-m", "mtpeft_bench", *sweep_args], env=env) for _ in range(count)]
+
+
+def wait_jobs(procs: Sequence[Any], stop: bool = False) -> list[int]:
+    """Wait for the processes of :func:`start_jobs` (asking them to stop first, as Ctrl-C would, when
+    ``stop``); their exit statuses."""
+    import signal
+
+    for proc in procs:
+        if stop and proc.poll() is None:
+            proc.send_signal(signal.SIGINT)  # each saves its run's checkpoint, as after Ctrl-C
+    return [proc.wait() for proc in procs]
+
+
 def busy_machine_warning() -> str | None:
     """One line when the 1-minute load average is already above the CPU count as the sweep starts."""
     from mtpeft_bench.machine_load import cpu_count, loadavg_1m
@@ -125,6 +147,12 @@ def run_grid(points: Sequence[GridPoint], echo: Callable[[str], None] | None = N
                 result.elsewhere.append(label(point))
                 echo(f"sweep: {label(point)} is running in another process; skipped")
                 continue
+            classify([point])  # again, under the lock: another sweep may have run it meanwhile
+            if point.state == "done":
+                result.skipped.append(point.detail)
+                echo(f"sweep: skip {label(point)} (completed by another process: {point.detail})")
+                continue
+            verb = f"resume {point.detail}" if point.state == "resume" else "start"
             echo(f"sweep: [{i}/{len(todo)}] {label(point)}: {verb}")
             _run_point(point, result, echo, show)
     return result
