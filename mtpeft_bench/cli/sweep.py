@@ -17,6 +17,7 @@ EXAMPLES_SWEEP = """\b
 Examples:
   mtbench sweep --method full,decoder_only --dataset synth --seeds 0,1 --preset smoke
   mtbench sweep --method ditask,lora,mtlora --dataset pascal_mt --seeds 0-2 --data-root ~/data
+  mtbench sweep --method full,lora --dataset synth --seeds 0-3 --preset smoke --jobs 2   # two runs at a time
   mtbench sweep --method ditask,mtlora --dataset nyud --seeds 0,1,2 --print-commands --nproc-per-node 8 > jobs.txt
 """
 
