@@ -10,8 +10,8 @@ reported and the sweep goes on; Ctrl-C stops the sweep after the current run sav
 
 Runs go one at a time, each with all of torch's threads, unless ``--jobs N`` starts N − 1 more
 sweep processes on the same grid, all with CPUs/N threads. Several sweeps may share a grid: each
-point is run under its lock (running/run_lock.py), taken before the decision is made again in
-``run(cfg, resume=True)`` and held to the end of the run, so a point another sweep is running is
+point is run under its lock (running/run_lock.py), taken before the point's "done, resume or new"
+decision is made again and held to the end of the run, so a point another sweep is running is
 skipped, and one it finished meanwhile is found completed. (A sweep under torchrun takes no lock:
 its processes run every point together.)
 """
@@ -108,7 +108,8 @@ def busy_machine_warning() -> str | None:
         return None
     return (f"sweep: warning: the load average ({load:.1f}) is already above the {cpus} CPUs: other jobs share "
             "this machine, so runs are slower and compare marks their speed as measured on a busy machine; "
-            f"run one sweep at a time, or give each of n sweeps OMP_NUM_THREADS={cpus}/n")
+            f"run one sweep at a time (--jobs n for n runs at once), or give each of n sweeps "
+            f"OMP_NUM_THREADS={cpus}/n")
 
 
 def label(point: GridPoint) -> str:
