@@ -30,6 +30,7 @@ from typing import Any, Callable, ContextManager, Iterator, Mapping
 import torch
 from torch import nn
 
+from mtpeft_bench.machine_load import LoadWindow, loadavg_1m
 from mtpeft_bench.model.params import BACKBONE_KINDS, EXTRA_GROUPS, backbone_param_kind
 
 
@@ -111,6 +112,7 @@ class Throughput:
 
     Only the model's compute is timed (the caller wraps forward/backward/step in :meth:`time`),
     with CUDA synchronised at both ends, so data loading does not blur the comparison of methods.
+    ``load`` records how busy the machine was over the same timed sections (machine_load.py).
     """
 
     def __init__(self, device: torch.device, warmup: int = 5):
@@ -119,18 +121,23 @@ class Throughput:
         self.sections = 0
         self.images = 0
         self.seconds = 0.0
+        self.load = LoadWindow()
 
     @contextmanager
     def time(self, images: int) -> Iterator[None]:
+        timed = self.sections >= self.warmup
+        if timed and self.load.load_before is None:
+            self.load.load_before = loadavg_1m()
         synchronize(self.device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         yield
         synchronize(self.device)
         elapsed = time.perf_counter() - start
         self.sections += 1
-        if self.sections > self.warmup:
+        if timed:
             self.images += images
             self.seconds += elapsed
+            self.load.add(elapsed, time.process_time() - cpu_start)
 
     @property
     def last_rate(self) -> float | None:

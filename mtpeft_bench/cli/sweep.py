@@ -17,6 +17,7 @@ EXAMPLES_SWEEP = """\b
 Examples:
   mtbench sweep --method full,decoder_only --dataset synth --seeds 0,1 --preset smoke
   mtbench sweep --method ditask,lora,mtlora --dataset pascal_mt --seeds 0-2 --data-root ~/data
+  mtbench sweep --method full,lora --dataset synth --seeds 0-3 --preset smoke --jobs 2   # two runs at a time
   mtbench sweep --method ditask,mtlora --dataset nyud --seeds 0,1,2 --print-commands --nproc-per-node 8 > jobs.txt
 """
 
@@ -33,17 +34,23 @@ Examples:
 @click.option("--nproc-per-node", type=int, default=1, show_default=True,
               help="With --print-commands: processes (GPUs) per node of each run.")
 @click.option("--nnodes", type=int, default=1, show_default=True, help="With --print-commands: nodes per run.")
-def sweep(method, dataset, old_methods, old_datasets, seeds, print_commands, nproc_per_node, nnodes, **options):
+@click.option("--jobs", "-j", type=int, default=1, show_default=True,
+              help="Runs at a time on this machine: N-1 more sweep processes share the grid (a lock per run "
+                   "keeps them apart), each with CPUs/N torch threads.")
+def sweep(method, dataset, old_methods, old_datasets, seeds, print_commands, nproc_per_node, nnodes, jobs,
+          **options):
     """Run every method × dataset × seed with one recipe, one run after another.
 
     Runs whose result (same configuration hash) is already in the results folder are skipped;
-    interrupted runs are resumed from their checkpoints. With --print-commands nothing runs: the
-    runs still to do are printed as torchrun commands (each with --resume, so a scheduler may
-    re-issue one after a preemption).
+    interrupted runs are resumed from their checkpoints; a run another sweep is running is skipped.
+    With --jobs N, N sweeps share the grid, each with CPUs/N torch threads. With --print-commands
+    nothing runs: the runs still to do are printed as torchrun commands (each with --resume, so a
+    scheduler may re-issue one after a preemption).
     """
     from mtpeft_bench.config import parse_sets
     from mtpeft_bench.running.summary import LOG, print_summary
-    from mtpeft_bench.running.sweep import classify, expand, run_grid, torchrun_command
+    from mtpeft_bench.running.sweep import (busy_machine_warning, classify, expand, run_grid, start_jobs,
+                                            torchrun_command, wait_jobs)
 
     methods = require(new_or_old(method, old_methods, "--method", "--methods"), "--method")
     datasets = new_or_old(dataset, old_datasets, "--dataset", "--datasets", default="synth")
@@ -56,6 +63,11 @@ def sweep(method, dataset, old_methods, old_datasets, seeds, print_commands, npr
     from mtpeft_bench.train.distributed import env_world_size
 
     world = nproc_per_node * nnodes if print_commands else env_world_size()
+    if jobs < 1:
+        raise UserError("--jobs must be at least 1")
+    if jobs > 1 and (print_commands or world > 1):
+        raise UserError("--jobs runs several sweeps side by side on this machine; it does not combine with "
+                        "--print-commands or torchrun")
     points = expand(parse_list(datasets, "dataset"), parse_list(methods, "method"), parse_seeds(seeds),
                     options["preset"], fields, sets, world_size=world)
     classify(points)
@@ -79,9 +91,33 @@ def sweep(method, dataset, old_methods, old_datasets, seeds, print_commands, npr
                 click.echo(torchrun_command(point, run_args, nproc_per_node, nnodes))
         return
 
-    result = run_grid(points, echo, show=print_summary)
-    echo(f"sweep: {len(result.completed)} completed, {len(result.skipped)} skipped, {len(result.failed)} failed")
+    warning = busy_machine_warning()
+    if warning:
+        echo(warning)
+    others = []
+    jobs = min(jobs, counts["resume"] + counts["new"])  # no more jobs than runs to do
+    if jobs > 1:
+        import torch
+
+        from mtpeft_bench.machine_load import cpu_count
+
+        threads = max(cpu_count() // jobs, 1)
+        torch.set_num_threads(threads)
+        sweep_args = ["sweep", "--method", methods, "--dataset", datasets, "--seeds", seeds, *command_line(options)]
+        others = start_jobs(sweep_args, jobs - 1, threads)
+        echo(f"sweep: {jobs} jobs share the grid, each with {threads} torch thread(s)")
+    finished = False
+    try:
+        result = run_grid(points, echo, show=print_summary)
+        finished = True
+    finally:
+        codes = wait_jobs(others, stop=not finished)
+    echo(f"sweep: {len(result.completed)} completed, {len(result.skipped)} skipped, {len(result.failed)} failed"
+         + (f", {len(result.elsewhere)} running in another process" if result.elsewhere else ""))
     if result.failed:
         names = ", ".join(name for name, _ in result.failed)
         raise click.ClickException(f"{len(result.failed)} of {len(points)} runs failed ({names}); "
                                    "see the messages above and the run folders' run.json")
+    if any(codes):
+        raise click.ClickException(f"{sum(c != 0 for c in codes)} of the other {len(codes)} sweep jobs failed; "
+                                   "see their messages above")

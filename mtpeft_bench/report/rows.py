@@ -142,6 +142,8 @@ def _suite_row(key: tuple, recs: Sequence[Mapping[str, Any]], records: Sequence[
     row["merged_latency_ms"] = [_get(e, "inference", "merged", "latency_ms") for e in eff]
     row["merged_images_per_s"] = [_get(e, "inference", "merged", "images_per_s") for e in eff]
     row["unmerged_images_per_s"] = [_get(e, "inference", "unmerged", "images_per_s") for e in eff]
+    # Per seed: was the machine busy while speed was measured (None: an older record without the reading).
+    row["busy"] = [_get(e, "load", "busy") for e in eff]
     return row
 
 

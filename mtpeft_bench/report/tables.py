@@ -95,6 +95,19 @@ def _trainable_cell(row: Mapping[str, Any]) -> str:
     return f"{mean / 1e6:.2f}" if row.get("source") == "published" else f"{mean / 1e6:.3f}"
 
 
+#: The mark on speed cells measured on a busy machine (explained by a line of :func:`notes`).
+BUSY_MARK = "†"
+
+
+def measured_busy(row: Mapping[str, Any]) -> bool:
+    """Was any seed of ``row`` timed on a busy machine (its record's ``efficiency.load.busy``)?"""
+    return any(flag is True for flag in row.get("busy") or [])
+
+
+def _speed(text: str, busy: bool) -> str:
+    return f"{text} {BUSY_MARK}" if busy and text != "—" else text
+
+
 def table(rows: Sequence[Mapping[str, Any]], param_groups: bool = False) -> tuple[list[str], list[list[str]]]:
     """Header and string cells of the leaderboard (the Markdown, LaTeX and HTML tables).
 
@@ -150,13 +163,14 @@ def table(rows: Sequence[Mapping[str, Any]], param_groups: bool = False) -> tupl
             if mixed_memory and memory != "—":
                 memory += {"cpu_peak_rss": " (RSS)", "cuda_max_allocated": " (CUDA)"}.get(row.get("memory_kind"), "")
             line.append(memory)
+        busy = measured_busy(row)
         for field in ("train_images_per_s", "inference_images_per_s"):
             if show[field]:
-                line.append(_fmt(*mean_std(row[field]), digits=1))
+                line.append(_speed(_fmt(*mean_std(row[field]), digits=1), busy))
         if show["latency_ms"]:
-            line.append(_fmt_sig(*mean_std(row["latency_ms"])))
+            line.append(_speed(_fmt_sig(*mean_std(row["latency_ms"])), busy))
         if show["merged_latency_ms"]:
-            line.append(_fmt_sig(*mean_std(row["merged_latency_ms"])))
+            line.append(_speed(_fmt_sig(*mean_std(row["merged_latency_ms"])), busy))
         if has_published:
             line.append("suite" if row.get("source") == "suite" else row.get("source_label", "published"))
         cells.append(line)
@@ -186,6 +200,10 @@ def csv_table(rows: Sequence[Mapping[str, Any]], param_groups: bool = False) -> 
              "unmerged_images_per_s", "merged_images_per_s")
     for field in timed:
         header += [field, f"{field}.std"]
+    # Only where some record carries the reading, so tables of older records keep their columns.
+    with_load = any(flag is not None for row in rows for flag in row.get("busy") or [])
+    if with_load:
+        header.append("busy_machine")
     cells = []
     for row in rows:
         published = row.get("source") == "published"
@@ -210,6 +228,9 @@ def csv_table(rows: Sequence[Mapping[str, Any]], param_groups: bool = False) -> 
         line += [_number(v) for v in mean_std(row["peak_memory_mb"])] + [row.get("memory_kind") or ""]
         for field in timed:
             line += [_number(v) for v in mean_std(row[field])]
+        if with_load:
+            flags = [flag for flag in row.get("busy") or [] if flag is not None]
+            line.append(("true" if any(flags) else "false") if flags else "")
         cells.append(line)
     return header, cells
 
@@ -217,7 +238,8 @@ def csv_table(rows: Sequence[Mapping[str, Any]], param_groups: bool = False) -> 
 _LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 _LATEX_SYMBOLS = {"±": r"$\pm$", "↑": r"$\uparrow$", "↓": r"$\downarrow$", "Δ": r"$\Delta$", "★": r"$\star$",
-                  "—": "--", "²": r"$^2$"}
+                  "—": "--", "²": r"$^2$",
+                  BUSY_MARK: r"$^\dagger$"}
 
 
 def latex_escape(text: str) -> str:
@@ -285,6 +307,10 @@ def notes(rows: Sequence[Mapping[str, Any]], baseline_method: str) -> list[str]:
             if name not in missing[row["delta_m_missing"]]:
                 missing[row["delta_m_missing"]].append(name)
     out += [f"Δm — for {', '.join(names)}: {reason}." for reason, names in missing.items()]
+    busy = [_method_cell(row) for row in rows if measured_busy(row)]
+    if busy:
+        out.append(f"{BUSY_MARK} speed measured on a busy machine (other jobs' load, or a low CPU share of the run; "
+                   f"see efficiency.load in the result files): {', '.join(busy)}.")
     published = [r for r in rows if r.get("source") == "published"]
     if published:
         out.append("Published rows: numbers as given by the sources below (not run by this suite; their protocol "

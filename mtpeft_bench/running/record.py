@@ -84,6 +84,9 @@ def efficiency(resolved: ResolvedRun, ctx: Any, device: Any, training: Any, fit:
         training: the run's :class:`~mtpeft_bench.running.build.Training`; fit: its
             :class:`~mtpeft_bench.train.fit.FitResult`; rates: the global training and inference images/s.
     """
+    import torch
+
+    from mtpeft_bench.machine_load import load_record
     from mtpeft_bench.measure import FLOPS_COUNTED, profile_inference
     from mtpeft_bench.train.device import autocast
 
@@ -108,6 +111,9 @@ def efficiency(resolved: ResolvedRun, ctx: Any, device: Any, training: Any, fit:
         "flops_counted": FLOPS_COUNTED,
         "latency_timing": f"median of {cfg.measure_repeats} forwards at batch 1 on random images after "
                           f"{cfg.measure_warmup} warm-up forwards, CUDA-synchronised (rank 0)",
+        # How busy the machine was while the speed above was measured (rank 0's view).
+        "load": load_record([training.trainer.train_throughput.load, fit.inference.load], device,
+                            torch.get_num_threads(), cfg.num_workers),
     }
 
 
