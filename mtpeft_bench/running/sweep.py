@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -138,21 +139,18 @@ def run_grid(points: Sequence[GridPoint], echo: Callable[[str], None] | None = N
             result.skipped.append(point.detail)
             echo(f"sweep: skip {label(point)} (completed: {point.detail})")
     for i, point in enumerate(todo, 1):
-        verb = f"resume {point.detail}" if point.state == "resume" else "start"
-        if not lock:
-            echo(f"sweep: [{i}/{len(todo)}] {label(point)}: {verb}")
-            _run_point(point, result, echo, show)
-            continue
-        with run_lock(runs_root(point.cfg), point.config_hash) as held:
+        guard = run_lock(runs_root(point.cfg), point.config_hash) if lock else nullcontext(True)
+        with guard as held:
             if not held:
                 result.elsewhere.append(label(point))
                 echo(f"sweep: {label(point)} is running in another process; skipped")
                 continue
-            classify([point])  # again, under the lock: another sweep may have run it meanwhile
-            if point.state == "done":
-                result.skipped.append(point.detail)
-                echo(f"sweep: skip {label(point)} (completed by another process: {point.detail})")
-                continue
+            if lock:
+                classify([point])  # again, under the lock: another sweep may have run it meanwhile
+                if point.state == "done":
+                    result.skipped.append(point.detail)
+                    echo(f"sweep: skip {label(point)} (completed by another process: {point.detail})")
+                    continue
             verb = f"resume {point.detail}" if point.state == "resume" else "start"
             echo(f"sweep: [{i}/{len(todo)}] {label(point)}: {verb}")
             _run_point(point, result, echo, show)
