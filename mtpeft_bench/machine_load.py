@@ -41,12 +41,11 @@ def cpu_count() -> int:
 @dataclass
 class LoadWindow:
     """This process's CPU time and wall time over timed sections, and the load average at the
-    start of the first and the end of the last one."""
+    start of the first one (the one after all of them is read by :func:`load_record`)."""
 
     wall_s: float = 0.0
     cpu_s: float = 0.0
     load_before: float | None = None
-    load_after: float | None = None
 
     def add(self, wall_s: float, cpu_s: float) -> None:
         self.wall_s += wall_s
