@@ -35,7 +35,8 @@ Differences from the official code, all deliberate:
   instead of 4rC) is unused there and not implemented here.
 - timm keeps PatchMerging at the start of the next stage (the original Swin code ends a stage
   with it), so MTLoRA+'s reduction LoRA of the official stage i sits at
-  ``layers[i+1].downsample.reduction``. All stages share one rank and scale here (the official per-stage lists are all equal in every configuration).
+  ``layers[i+1].downsample.reduction``. All stages share one rank and scale here (the official
+  per-stage lists are all equal in every configuration).
 - The 'addition' and 'lora_only' modes of the official code are not implemented (no configuration
   of the paper uses them; ``lora`` is the shared-LoRA baseline).
 """

@@ -220,7 +220,7 @@ def install(logs: list[Path]) -> list[str]:
         shutil.copyfile(record["weights"], weights.WEIGHTS_DIR / entry["file"])
         models[entry["backbone"]] = entry
     write_json_atomic(weights.CARD_FILE, {"models": dict(sorted(models.items()))})
-    weights.CARD_FILE.chmod(0o644)  # package data: readable by everyone (the temporary file was private)
+    weights.CARD_FILE.chmod(0o644)  # package data: readable by everyone, whatever the umask
     return sorted(models)
 
 

@@ -52,11 +52,15 @@ class SynthDataset(DatasetPlugin):
     def resolve_root(self, root: Path | None) -> Path:
         """The dataset folder (``root``, i.e. an explicit ``--data-root``, else the cache folder),
         generated first if needed."""
-        return ensure_dataset(Path(root) if root is not None else self.cache_dir(), self.config, self.progress)
+        return ensure_dataset(self.folder(root), self.config, self.progress)
 
     def check_root(self, root: Path | None) -> None:
         """The folder ``resolve_root`` would use holds this dataset or is free for generating it."""
-        check_dataset_folder(Path(root) if root is not None else self.cache_dir(), self.config)
+        check_dataset_folder(self.folder(root), self.config)
+
+    def folder(self, root: Path | None) -> Path:
+        """Where the dataset is kept: an explicit ``--data-root``, else the cache folder."""
+        return Path(root) if root is not None else self.cache_dir()
 
     def build(self, split: str, tasks: Sequence[TaskSpec], image_size: tuple[int, int], root: Path | None,
               train: bool) -> Any:
