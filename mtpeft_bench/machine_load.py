@@ -95,8 +95,8 @@ def gpu_other_processes(device: Any) -> int | None:
     if "not found" in text or "error" in text.lower():
         return None
     pids = [int(pid) for pid in re.findall(r"process\s+(\d+)\s+uses", text)]
-    # In a container the GPU lists host pids: then one of them is this process all the same.
-    return len(pids) - 1 if os.getpid() not in pids and pids else sum(pid != os.getpid() for pid in pids)
+    # This process is one of them (in a container the GPU lists host pids, so it may not show as ours).
+    return max(len(pids) - 1, 0)
 
 
 def load_record(windows: Sequence[LoadWindow], device: Any, threads: int, workers: int) -> dict[str, Any]:

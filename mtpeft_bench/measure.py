@@ -120,7 +120,6 @@ class Throughput:
         self.warmup = warmup
         self.sections = 0
         self.images = 0
-        self.seconds = 0.0
         self.load = LoadWindow()
 
     @contextmanager
@@ -136,8 +135,12 @@ class Throughput:
         self.sections += 1
         if timed:
             self.images += images
-            self.seconds += elapsed
             self.load.add(elapsed, time.process_time() - cpu_start)
+
+    @property
+    def seconds(self) -> float:
+        """Wall time of the timed sections."""
+        return self.load.wall_s
 
     @property
     def last_rate(self) -> float | None:

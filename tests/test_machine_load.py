@@ -52,7 +52,7 @@ def test_throughput_reads_the_load_over_timed_sections_only():
     for _ in range(3):
         with meter.time(4):
             sum(i * i for i in range(20000))
-    assert meter.load.wall_s == pytest.approx(meter.seconds)
+    assert meter.sections == 3 and meter.images == 8  # the warm-up section is not in the window
     assert 0 < meter.load.cpu_s
     block = load_record([meter.load], torch.device("cpu"), threads=1, workers=0)
     assert set(block) == {"loadavg_1m_before", "loadavg_1m_after", "cpus", "threads", "workers", "cpu_share",

@@ -71,9 +71,13 @@ class SessionPlan:
     completed: dict[str, Any] | None = None
     run_id: str = ""
     state: dict[str, Any] | None = None
-    resume: bool = False
     root: str = ""
     previous_state: dict[str, Any] | None = None
+
+    @property
+    def resume(self) -> bool:
+        """Whether this continues an interrupted run (its earlier state is kept to put back)."""
+        return self.previous_state is not None
 
 
 class RunSession:
@@ -153,7 +157,7 @@ class RunSession:
         state = dict(decision.run.state)
         state.update(status="running", message="", pid=os.getpid(), host=socket.gethostname(),
                      sessions=int(state.get("sessions", 1)) + 1)
-        return SessionPlan(run_id=decision.run.run_id, state=state, resume=True, root=str(root),
+        return SessionPlan(run_id=decision.run.run_id, state=state, root=str(root),
                            previous_state=dict(decision.run.state))
 
     @classmethod

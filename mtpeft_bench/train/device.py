@@ -14,6 +14,11 @@ def to_device(batch: Mapping[str, Any], tasks: Sequence[str], device: torch.devi
     return images, targets
 
 
+def amp_active(device: torch.device, enabled: bool) -> bool:
+    """Whether a run with ``amp=enabled`` computes in reduced precision: AMP runs on CUDA only."""
+    return enabled and device.type == "cuda"
+
+
 def autocast(device: torch.device, enabled: bool, dtype: str):
-    """``torch.autocast`` in ``dtype`` ("float16" or "bfloat16"); AMP runs on CUDA only, elsewhere it is off."""
-    return torch.autocast(device_type=device.type, dtype=getattr(torch, dtype), enabled=enabled and device.type == "cuda")
+    """``torch.autocast`` in ``dtype`` ("float16" or "bfloat16") when :func:`amp_active`, else off."""
+    return torch.autocast(device_type=device.type, dtype=getattr(torch, dtype), enabled=amp_active(device, enabled))

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from mtpeft_bench.losses import compute_losses
 from mtpeft_bench.measure import Throughput
-from mtpeft_bench.train.device import autocast, to_device
+from mtpeft_bench.train.device import amp_active, autocast, to_device
 from mtpeft_bench.train.optim import Schedule, make_optimizer
 
 
@@ -79,7 +79,7 @@ class Trainer:
 
     def __post_init__(self) -> None:
         self.optimizer, self.scheduler = make_optimizer(self.model, self.schedule, self.weight_decay)
-        use_scaler = self.amp and self.device.type == "cuda" and self.amp_dtype == "float16"
+        use_scaler = amp_active(self.device, self.amp) and self.amp_dtype == "float16"
         self.scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
         # Skip the first steps (allocator and kernel warm-up), but keep some timed steps in short runs.
         self.train_throughput = Throughput(self.device, warmup=min(5, self.schedule.total_steps // 2))
@@ -129,10 +129,9 @@ class Trainer:
         if total_bad or any(task_bad):
             bad = [t for t, b in zip(per_task, task_bad) if b]
             where = f"in the loss of task {', '.join(bad)}" if bad else "in the method's extra loss"
-            amp_on = self.amp and self.device.type == "cuda"  # AMP is off on other devices (train/device.py)
             raise TrainingDiverged(f"the loss became non-finite (nan or inf) at step {self.step} {where}; "
                                    "lower the learning rate (--set base_lr=...)"
-                                   + (" or disable AMP (--set amp=false)" if amp_on else ""))
+                                   + (" or disable AMP (--set amp=false)" if amp_active(self.device, self.amp) else ""))
         return stop
 
     def train_epoch(self, loader: Iterable, epoch: int, epochs: int, limit: int | None = None,
