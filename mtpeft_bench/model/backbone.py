@@ -198,9 +198,14 @@ def _load_builtin_weights(model: nn.Module, path: Path, name: str) -> None:
                         f"({len(missing)} missing, {len(result.unexpected_keys)} unexpected keys)")
 
 
-def check_weights(name: str, weights: str) -> None:
+def check_weights(name: str, weights: str) -> Any:
     """The checks of ``--backbone`` and ``--weights`` that need neither a model nor the network
     (except a one-second look at the hub for ``timm``): a run makes them before any slow work.
+
+    Returns:
+        What the checks found, for :func:`create_backbone`: for ``timm`` the file in the local hub
+        cache to load instead of asking the hub (or None), for ``builtin`` ``(path, provenance)``,
+        for a path the file, for ``none`` None.
 
     Raises:
         UserError: an unknown backbone, weights it cannot have, a missing weights file, or (``timm``)
@@ -216,10 +221,10 @@ def check_weights(name: str, weights: str) -> None:
         if name in BACKBONE_ALIASES:
             raise UserError(f"backbone '{name}' has no pretrained weights on the hub; use --weights builtin, "
                             "--weights none or --weights PATH")
-        hub.local_pretrained_file(name)
-    elif weights == "builtin":
-        builtin_weights.verified_file(name)
-    elif weights != "none":
+        return hub.local_pretrained_file(name)
+    if weights == "builtin":
+        return builtin_weights.verified_file(name)
+    if weights != "none":
         path = Path(os.path.expanduser(weights))
         if not path.exists():
             raise UserError(f"--weights takes {', '.join(WEIGHT_KINDS)} or the path of a checkpoint file; "
@@ -227,6 +232,8 @@ def check_weights(name: str, weights: str) -> None:
         if path.is_dir():
             raise UserError(f"--weights {weights} is a folder; give the checkpoint file in it "
                             "(.safetensors, .pth or .pt)")
+        return path
+    return None
 
 
 def create_backbone(name: str, img_size: tuple[int, int], weights: str = "none",
@@ -247,11 +254,10 @@ def create_backbone(name: str, img_size: tuple[int, int], weights: str = "none",
     Raises:
         UserError: unknown name, weights that cannot be had, or a checkpoint that does not fit.
     """
-    check_weights(name, weights)
+    found = check_weights(name, weights)
     if weights == "timm":
         try:
-            model = _timm_swin(name, img_size, drop_path_rate, pretrained=True,
-                               pretrained_file=hub.local_pretrained_file(name))
+            model = _timm_swin(name, img_size, drop_path_rate, pretrained=True, pretrained_file=found)
         except UserError:
             raise
         except Exception as exc:  # noqa: BLE001 - hub errors come in many types
@@ -266,10 +272,10 @@ def create_backbone(name: str, img_size: tuple[int, int], weights: str = "none",
         provenance = {"source": "none", "id": None, "note": "random initialisation (timm's init)"}
     elif weights == "builtin":
         model = _timm_swin(name, img_size, drop_path_rate, pretrained=False)
-        path, provenance = builtin_weights.verified_file(name)
+        path, provenance = found
         _load_builtin_weights(model, path, name)
     else:
-        path = Path(os.path.expanduser(weights))
+        path = found
         model = _strip_classifier(_timm_swin(name, img_size, drop_path_rate, pretrained=False))
         _load_file_weights(model, path, name)
         provenance = {"source": "file", "id": str(path.resolve()), "sha256": sha256_of(path)}
