@@ -198,14 +198,18 @@ def did_you_mean(name: str, names: Iterable[str]) -> str:
     return f"did you mean '{close[0]}'?" if close else ""
 
 
+def with_hint(hint: str, rest: str) -> str:
+    """``rest`` after a did-you-mean ``hint`` as its own sentence (capitalised), or alone without one."""
+    return f"{hint} {rest[:1].upper()}{rest[1:]}" if hint else rest
+
+
 def unknown_name(what: str, name: str, names: Iterable[str]) -> str:
     """The one line for a name that is not among ``names``: ``unknown method 'ful'; did you mean
     'full'? Available: ...`` (``what`` says what kind of name it is)."""
     names = list(names)
     hint = did_you_mean(name, names)
     available = ", ".join(names) or "(none)"
-    return f"unknown {what} '{name}'; {hint} Available: {available}" if hint else \
-        f"unknown {what} '{name}'; available: {available}"
+    return f"unknown {what} '{name}'; " + with_hint(hint, f"available: {available}")
 
 
 def _qualname(cls: type) -> str:

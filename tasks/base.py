@@ -149,7 +149,7 @@ class DatasetPlugin:
     def task_specs(self, names: Sequence[str] | None = None) -> list[TaskSpec]:
         """The specs of ``names`` (default: ``default_tasks``), in the given order."""
         from mtpeft_bench.errors import UserError
-        from mtpeft_bench.registry import did_you_mean
+        from mtpeft_bench.registry import did_you_mean, with_hint
 
         names = list(names) if names else list(self.default_tasks)
         unknown = [n for n in names if n not in self.tasks]
@@ -157,7 +157,7 @@ class DatasetPlugin:
             hint = did_you_mean(unknown[0], self.tasks)
             raise UserError(
                 f"dataset '{self.name}' has no task {', '.join(map(repr, unknown))}; "
-                f"{hint + ' Its' if hint else 'its'} tasks are: {', '.join(self.tasks)}"
+                + with_hint(hint, f"its tasks are: {', '.join(self.tasks)}")
             )
         if len(set(names)) != len(names):
             raise UserError(f"task list {names} names a task twice")
@@ -202,7 +202,7 @@ def config_from_mapping(config_cls: type, values: Mapping[str, Any], what: str) 
         UserError: a key is not a field of ``config_cls`` or a value is invalid.
     """
     from mtpeft_bench.errors import UserError
-    from mtpeft_bench.registry import did_you_mean
+    from mtpeft_bench.registry import did_you_mean, with_hint
 
     fields = {f.name: f for f in dataclasses.fields(config_cls)}
     unknown = [k for k in values if k not in fields]
@@ -210,7 +210,7 @@ def config_from_mapping(config_cls: type, values: Mapping[str, Any], what: str) 
         known = ", ".join(fields) or "(none)"
         hint = did_you_mean(unknown[0], fields)
         raise UserError(f"unknown {what} option {', '.join(map(repr, unknown))}; "
-                        f"{hint + ' Known' if hint else 'known'} options: {known}")
+                        + with_hint(hint, f"known options: {known}"))
     kwargs = {}
     for key, value in values.items():
         default = getattr(config_cls, key, None) if key in config_cls.__dict__ else None
