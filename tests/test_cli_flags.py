@@ -50,7 +50,6 @@ def test_params_json_still_works_with_one_deprecation_line(capsys):
     code, out, err = run_cli([*PARAMS, "--json"], capsys)
     assert code == 0, err
     assert json.loads(out)["method"] == "full"
-    assert deprecations(err) == [deprecation_line("--json", "--format json")]
     assert deprecations(err) == ["mtbench: --json is deprecated; use --format json (the old spelling will be removed "
                                  "in the next release)"]
 

@@ -71,7 +71,7 @@ def test_two_sweeps_on_one_grid_run_each_point_once(tmp_path):
     assert sorted(r["seed"] for r in records) == [0, 1]  # one completed record per point, none twice
     assert all(r["status"] == "completed" and "load" in r["efficiency"] for r in records)
     run_states = [json.loads(path.read_text()) for path in runs.glob("*/run.json")]
-    assert sorted(s["seed"] if "seed" in s else s["config"]["seed"] for s in run_states) == [0, 1]
+    assert sorted(s["config"]["seed"] for s in run_states) == [0, 1]
     assert all(s["status"] == "completed" for s in run_states)
     leftovers = [p for p in tmp_path.rglob("*") if p.name.endswith((".tmp", ".lock"))]
     assert leftovers == []
