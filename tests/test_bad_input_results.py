@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import run_cli
+from helpers import error_lines, run_cli
 from mtpeft_bench.errors import UserError
 from mtpeft_bench.results import load_results
 
@@ -46,18 +46,13 @@ BAD_RECORDS = {
 }
 
 
-def one_line_without_traceback(err):
-    assert "Traceback" not in err
-    return [line for line in err.splitlines() if line.strip()]
-
-
 @pytest.mark.parametrize("case", sorted(BAD_RECORDS))
 def test_compare_names_each_invalid_record_in_one_warning_line(case, tmp_path, capsys):
     make, reason = BAD_RECORDS[case]
     root, bad = results_with(tmp_path, "bad.json", make())
     code, out, err = run_cli(["compare", "--results", str(root)], capsys)
     assert code == 0, err
-    lines = one_line_without_traceback(err)
+    lines = error_lines(err)
     assert len(lines) == 1 and lines[0].startswith("mtbench: warning: skipped")
     assert str(bad) in lines[0] and reason in lines[0]
     assert "| full" in out  # the valid records are still compared
@@ -69,7 +64,7 @@ def test_compare_strict_makes_an_invalid_record_an_error(case, tmp_path, capsys)
     root, bad = results_with(tmp_path, "bad.json", make())
     code, out, err = run_cli(["compare", "--results", str(root), "--strict"], capsys)
     assert code == 2 and out == ""
-    lines = one_line_without_traceback(err)
+    lines = error_lines(err)
     assert len(lines) == 1 and lines[0].startswith("mtbench: error:") and str(bad) in lines[0] and reason in lines[0]
 
 
@@ -117,7 +112,7 @@ def corrupt_nyud(parent, split):
 def test_a_wrong_resume_id_leaves_nothing_behind(tmp_path, capsys):
     before = tree(tmp_path)
     code, _, err = run_cli([*TINY, "--out", str(tmp_path / "out" / "results"), "--resume", "nope"], capsys)
-    assert code == 2 and "no run 'nope'" in err and len(one_line_without_traceback(err)) == 1
+    assert code == 2 and "no run 'nope'" in err and len(error_lines(err)) == 1
     assert tree(tmp_path) == before
 
 
@@ -128,7 +123,7 @@ def test_cuda_without_a_gpu_leaves_nothing_behind(tmp_path, capsys):
         pytest.skip("this machine has a GPU")
     before = tree(tmp_path)
     code, _, err = run_cli([*TINY, "--out", str(tmp_path / "out" / "results"), "--device", "cuda"], capsys)
-    assert code == 2 and "no CUDA GPU" in err and len(one_line_without_traceback(err)) == 1
+    assert code == 2 and "no CUDA GPU" in err and len(error_lines(err)) == 1
     assert tree(tmp_path) == before
 
 
@@ -145,7 +140,7 @@ def test_missing_data_leaves_nothing_behind(tmp_path, capsys):
     before = tree(tmp_path)
     code, _, err = run_cli([*TINY, "--dataset", "nyud", "--data-root", str(tmp_path / "no-data"), "--weights", "none",
                             "--out", str(tmp_path / "out" / "results")], capsys)
-    assert code == 2 and len(one_line_without_traceback(err)) == 1
+    assert code == 2 and len(error_lines(err)) == 1
     assert tree(tmp_path) == before
 
 
@@ -161,7 +156,7 @@ def test_a_corrupt_image_found_mid_run_leaves_nothing_behind(workers, tmp_path, 
     code, _, err = run_cli([*NYUD, "--data-root", str(data), "--out", str(tmp_path / "out" / "results"),
                             "--set", f"num_workers={workers}"], capsys)
     assert code == 2
-    (line,) = [line for line in one_line_without_traceback(err) if line.startswith("mtbench: error:")]
+    (line,) = [line for line in error_lines(err) if line.startswith("mtbench: error:")]
     assert "cannot be decoded" in line and str(data / "images") in line
     assert tree(tmp_path) == before
 
@@ -174,7 +169,7 @@ def test_a_corrupt_image_after_a_checkpoint_keeps_it_and_a_failed_resume_changes
     out = tmp_path / "out" / "results"
     code, _, err = run_cli([*NYUD, "--data-root", str(data), "--out", str(out)], capsys)
     assert code == 2
-    (line,) = [line for line in one_line_without_traceback(err) if line.startswith("mtbench: error:")]
+    (line,) = [line for line in error_lines(err) if line.startswith("mtbench: error:")]
     (folder,) = (tmp_path / "out" / "runs").iterdir()
     assert "cannot be decoded" in line and f"--resume {folder.name}" in line and "checkpoint is kept" in line
     assert json.loads((folder / "run.json").read_text())["status"] == "failed"
@@ -252,7 +247,7 @@ def test_compare_output_that_cannot_be_written_is_one_line(tmp_path, capsys):
     before = tree(tmp_path)
     target = tmp_path / "file" / "t.md"
     code, _, err = run_cli(["compare", "--results", str(FIXTURES / "synth"), "--output", str(target)], capsys)
-    assert code == 2 and "cannot write the table to" in err and len(one_line_without_traceback(err)) == 1
+    assert code == 2 and "cannot write the table to" in err and len(error_lines(err)) == 1
     assert tree(tmp_path) == before
 
 
@@ -264,5 +259,5 @@ def test_a_failed_data_prepare_leaves_no_data_root_behind(source, tmp_path, caps
     before = tree(tmp_path)
     code, _, err = run_cli(["data", "prepare", "nyud", "--from", str(tmp_path / source),
                             "--data-root", str(tmp_path / "new" / "data")], capsys)
-    assert code == 2 and len(one_line_without_traceback(err)) == 1
+    assert code == 2 and len(error_lines(err)) == 1
     assert tree(tmp_path) == before

@@ -10,17 +10,10 @@ import time
 
 import pytest
 
-from helpers import run_cli
+from helpers import one_error_line, run_cli
 
 
 SMOKE = ["--method", "full", "--preset", "smoke"]
-
-
-def one_error_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 @pytest.fixture

@@ -61,6 +61,19 @@ class PicklePayload:
         return (mark_payload_executed, ())
 
 
+def error_lines(err: str) -> list[str]:
+    """The non-empty lines a command wrote to standard error, after checking there is no traceback."""
+    assert "Traceback" not in err, err
+    return [line for line in err.splitlines() if line.strip()]
+
+
+def one_error_line(err: str) -> str:
+    """The single line a command answered bad input with (fails if there are more, or a traceback)."""
+    lines = error_lines(err)
+    assert len(lines) == 1, err
+    return lines[0]
+
+
 def mark_payload_executed():
     """What unpickling a :class:`PicklePayload` calls (public: pickle looks it up by module and name)."""
     PicklePayload.executed = True
