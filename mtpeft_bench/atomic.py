@@ -2,7 +2,9 @@
 
 Every file mtbench writes goes through :func:`atomic_file` (or the JSON and text shortcuts built on
 it): the content goes to a temporary file in the same folder, which is fsynced and renamed onto the
-destination. A crash leaves the old file or none, never a truncated one.
+destination. A crash leaves the old file or none, never a truncated one. A step that may fail
+after making folders records them with :func:`make_folders` and, on failure, takes away the empty
+ones with :func:`remove_empty_folders`, so a failure leaves no empty folder behind either.
 """
 
 from __future__ import annotations
@@ -71,3 +73,23 @@ def json_default(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()
     raise TypeError(f"cannot store a {type(value).__name__} as JSON")
+
+
+def make_folders(path: Path) -> list[Path]:
+    """Create folder ``path`` with its missing parents; the folders this created, deepest first."""
+    path = Path(path)
+    created = [p for p in (path, *path.parents) if not p.exists()]
+    path.mkdir(parents=True, exist_ok=True)
+    return created
+
+
+def remove_empty_folders(folders: list[Path]) -> None:
+    """Remove ``folders`` (deepest first, as :func:`make_folders` lists them) up to the first one that
+    is not empty; those already gone are passed over."""
+    for folder in folders:
+        if not folder.exists():
+            continue
+        try:
+            folder.rmdir()
+        except OSError:
+            return

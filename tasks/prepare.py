@@ -19,6 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
+from mtpeft_bench.atomic import make_folders, remove_empty_folders
 from mtpeft_bench.errors import UserError
 from mtpeft_bench.tasks.roots import ARCHIVE_SUFFIXES, default_data_root, has_markers
 
@@ -97,8 +98,7 @@ def prepare(plugin: Any, source: Path, data_root: Path | None, symlink: bool = F
     if dest.exists() or dest.is_symlink():
         raise UserError(f"{dest} already exists; `mtbench data verify {name} --data-root {data_root}` checks it "
                         "(remove it first to prepare again)")
-    created = [p for p in (data_root, *data_root.parents) if not p.exists()]  # deepest first
-    data_root.mkdir(parents=True, exist_ok=True)
+    created = make_folders(data_root)
     try:
         if source.is_file():
             if not source.name.endswith(ARCHIVE_SUFFIXES):
@@ -131,10 +131,6 @@ def prepare(plugin: Any, source: Path, data_root: Path | None, symlink: bool = F
                 finally:
                     shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
-        for folder in created:  # a failure leaves no empty folder this call made
-            try:
-                folder.rmdir()
-            except OSError:
-                break
+        remove_empty_folders(created)  # a failure leaves no empty folder this call made
         raise
     return dest

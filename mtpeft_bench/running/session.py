@@ -34,7 +34,7 @@ from typing import Any, Mapping
 
 import torch
 
-from mtpeft_bench.atomic import write_json_atomic
+from mtpeft_bench.atomic import make_folders, remove_empty_folders, write_json_atomic
 from mtpeft_bench.errors import UserError
 from mtpeft_bench.running.folders import STATE_NAME, RunDir, new_run_state
 from mtpeft_bench.running.resume import decide
@@ -167,8 +167,7 @@ class RunSession:
         checkpoint = load_checkpoint(run_dir.checkpoint_path) if plan.resume else None
         created: list[Path] = []
         if ctx.is_main:
-            created = [p for p in (run_dir.path, *run_dir.path.parents) if not p.exists()]  # deepest first
-            run_dir.path.mkdir(parents=True, exist_ok=True)
+            created = make_folders(run_dir.path)
             run_dir.clean_temporaries()
             run_dir.update()
         ctx.barrier()
@@ -244,8 +243,7 @@ class RunSession:
                 write_json_atomic(self.run_dir.path / STATE_NAME, self.previous_state)
             else:  # new: remove its folder and every folder this session created for it
                 shutil.rmtree(self.run_dir.path, ignore_errors=True)
-                for folder in self.created[1:]:
-                    folder.rmdir()  # fails (and stops) at the first folder that is not empty
+                remove_empty_folders(self.created)
         except OSError:
             pass
         return ""
