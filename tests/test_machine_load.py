@@ -9,7 +9,8 @@ import io
 import pytest
 import torch
 
-from mtpeft_bench.cli import main
+from helpers import run_cli
+from helpers.records import record
 from mtpeft_bench.machine_load import CPU_SHARE_MIN, judge, load_record
 from mtpeft_bench.measure import Throughput
 from mtpeft_bench.results import write_record
@@ -61,25 +62,19 @@ def test_throughput_reads_the_load_over_timed_sections_only():
     assert (block["busy_rule"] is None) == (not block["busy"])
 
 
-SPEC = {"semseg": {"primary": "mIoU", "metrics": {"mIoU": {"higher_is_better": True, "unit": "%"}}}}
-
-
-def record(method, load):
+def busy_record(method, load):
+    """A record whose speed was measured on a busy machine (``load`` True), a quiet one (False) or
+    by a version of mtbench that recorded no load (None)."""
     efficiency = {"peak_memory_mb": 500.0, "train_images_per_s": 100.0, "inference_images_per_s": 300.0,
                   "latency_ms": 12.0}
     if load is not None:
         efficiency["load"] = {"busy": load, "busy_rule": "CPU share 0.40 < 0.7" if load else None}
-    return {"schema_version": 1, "run_id": f"{method}-0", "status": "completed", "method": method,
-            "dataset": "synth", "tasks": ["semseg"], "seed": 0, "preset": "smoke", "tag": "", "recipe_key": "R1",
-            "config": {}, "task_specs": SPEC, "metrics": {"semseg": {"mIoU": 50.0}},
-            "params": {"summary": {"total_trainable": 1_000_000}}, "efficiency": efficiency}
+    return record(method, ["semseg"], [50.0], run_id=f"{method}-0", efficiency=efficiency)
 
 
 def compare(tmp_path, capsys, *args):
-    with pytest.raises(SystemExit) as info:
-        main(["compare", "--results", str(tmp_path), "--sort", "method", *args])
-    out, err = capsys.readouterr()
-    assert info.value.code == 0, err
+    code, out, err = run_cli(["compare", "--results", str(tmp_path), "--sort", "method", *args], capsys)
+    assert code == 0, err
     return out
 
 
@@ -89,7 +84,7 @@ def lines_of(text, method):
 
 def test_compare_flags_speed_measured_on_a_busy_machine(tmp_path, capsys):
     for method, load in (("full", True), ("lora", False), ("bitfit", None)):
-        write_record(tmp_path, record(method, load))
+        write_record(tmp_path, busy_record(method, load))
     text = compare(tmp_path, capsys)
     (full,), (lora,), (bitfit,) = lines_of(text, "full"), lines_of(text, "lora"), lines_of(text, "bitfit")
     assert "100.0 †" in full and "300.0 †" in full and "12.0 †" in full
@@ -106,10 +101,10 @@ def test_compare_flags_speed_measured_on_a_busy_machine(tmp_path, capsys):
 
 
 def test_compare_without_load_readings_has_no_flag_and_no_column(tmp_path, capsys):
-    write_record(tmp_path, record("full", None))
-    write_record(tmp_path, record("lora", False))
+    write_record(tmp_path, busy_record("full", None))
+    write_record(tmp_path, busy_record("lora", False))
     assert "†" not in compare(tmp_path, capsys)
-    write_record(tmp_path / "old", record("full", None))
+    write_record(tmp_path / "old", busy_record("full", None))
     assert "busy_machine" not in compare(tmp_path / "old", capsys, "--format", "csv")
 
 
