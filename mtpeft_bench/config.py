@@ -117,6 +117,13 @@ PRESET_HELP = {
 NOT_IDENTITY = frozenset({"out", "tag", "data_root", "device", "num_workers", "progress", "checkpoint_every",
                           "runs_dir", "measure_repeats", "measure_warmup"})
 
+# Settings added after runs were first recorded, with the value that reproduces what came before. At
+# that value a setting is left out of the configuration hash, so adding a setting to RunConfig does
+# not orphan every completed run (a sweep would no longer skip them, nor resume them); any other
+# value is part of the run's identity as usual. A new setting whose default changes nothing is
+# registered here with that default.
+IDENTITY_SINCE: dict[str, Any] = {}
+
 
 def _field_types() -> dict[str, Any]:
     return {f.name: f for f in dataclasses.fields(RunConfig)}
@@ -301,7 +308,8 @@ def validate(cfg: RunConfig) -> None:
 
 def config_hash(cfg: RunConfig, extra: Mapping[str, Any] | None = None) -> str:
     """A short hash of everything that changes what a run computes (not where it writes)."""
-    data = {k: v for k, v in cfg.to_dict().items() if k not in NOT_IDENTITY}
+    data = {k: v for k, v in cfg.to_dict().items()
+            if k not in NOT_IDENTITY and not (k in IDENTITY_SINCE and v == IDENTITY_SINCE[k])}
     if extra:
         data["extra"] = extra
     blob = json.dumps(data, sort_keys=True, default=str).encode()

@@ -68,6 +68,22 @@ def test_config_hash_ignores_output_location():
     assert config_hash(a) != config_hash(RunConfig(seed=1))
 
 
+def test_a_setting_added_later_keeps_old_hashes_at_its_neutral_value(monkeypatch):
+    """A setting registered in IDENTITY_SINCE hashes as if it did not exist while it has its
+    registered value (completed runs stay recognisable), and as usual at any other value."""
+    import mtpeft_bench.config as config
+
+    cfg = RunConfig()
+    monkeypatch.setattr(config, "IDENTITY_SINCE", {})
+    monkeypatch.setattr(config, "NOT_IDENTITY", config.NOT_IDENTITY | {"clip_grad"})
+    without_the_setting = config_hash(cfg)
+    monkeypatch.setattr(config, "NOT_IDENTITY", config.NOT_IDENTITY - {"clip_grad"})
+    monkeypatch.setattr(config, "IDENTITY_SINCE", {"clip_grad": cfg.clip_grad})
+    assert config_hash(cfg) == without_the_setting
+    changed = RunConfig(clip_grad=cfg.clip_grad + 1.0 if cfg.clip_grad is not None else 1.0)
+    assert config_hash(changed) != without_the_setting
+
+
 class _Resolved(Exception):
     """Raised right after a run's configuration is resolved; carries it (nothing else runs)."""
 
