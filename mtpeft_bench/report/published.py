@@ -250,7 +250,8 @@ def copy_problems(table: PublishedTable, row: PublishedRow) -> list[str]:
         if a != b:
             out.append(f"{here} prints {task} {_fmt(a)} where {there} prints {_fmt(b)}")
     if row.delta_m_printed != original.delta_m_printed:
-        out.append(f"{here} prints Δm {_fmt(row.delta_m_printed)} where {there} prints {_fmt(original.delta_m_printed)}")
+        out.append(f"{here} prints Δm {_fmt(row.delta_m_printed)} where {there} prints "
+                   f"{_fmt(original.delta_m_printed)}")
     if row.params_m_printed != original.params_m_printed:
         out.append(f"{here} prints {_fmt(row.params_m_printed, 'M')} trainable parameters where {there} prints "
                    f"{_fmt(original.params_m_printed, 'M')}")

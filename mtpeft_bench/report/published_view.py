@@ -47,8 +47,9 @@ def leaderboard_rows(dataset: str) -> list[dict[str, Any]]:
     for row in shown_rows(table):
         check = check_row(table, row)
         tasks = [t for t in table.columns if t in row.metrics]
-        metrics = {t: {"name": table.columns[t]["metric"], "higher_is_better": bool(table.columns[t]["higher_is_better"]),
-                       "unit": table.columns[t].get("unit", ""), "values": [row.metrics[t]]} for t in tasks}
+        metrics = {t: {"name": table.columns[t]["metric"], "unit": table.columns[t].get("unit", ""),
+                       "higher_is_better": bool(table.columns[t]["higher_is_better"]), "values": [row.metrics[t]]}
+                   for t in tasks}
         copies = copies_of(table, row)
         problems = [p for c in copies for p in check_row(table, c).problems if not p.startswith(FLAG_MARK)]
         note = ([f"{row.confidence}: {table.confidence[row.confidence]}"] if row.confidence == "recalled" else []) \
