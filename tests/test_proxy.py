@@ -111,3 +111,24 @@ def test_compare_proxy_prints_pairs_and_tau(capsys, tmp_path):
     assert "Kendall's τ-b = +0.800 over n = 5 methods" in out
     code, _, err = run_cli(["compare", "--results", str(tmp_path), "--proxy", "nyud"], capsys)
     assert code == 2 and "no published table with a method mapping for 'nyud'" in one_error_line(err)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--format", "latex"], "--proxy prints md or csv, not latex"),
+    ([], "--proxy needs --dataset: the results hold pascal_mt, synth"),
+])
+def test_bad_proxy_options(capsys, tmp_path, args, message):
+    for rec in [*runs(), record("full", ["semseg"], [60.0], dataset="pascal_mt", run_id="p")]:
+        write_record(tmp_path, rec)
+    dataset = ["--dataset", "synth"] if args else []
+    code, _, err = run_cli(["compare", "--results", str(tmp_path), *dataset, "--proxy", "pascal_mt", *args], capsys)
+    assert code == 2 and message in one_error_line(err)
+
+
+def test_csv_pairs(capsys, tmp_path):
+    for rec in runs():
+        write_record(tmp_path, rec)
+    code, out, err = run_cli(["compare", "--results", str(tmp_path), "--proxy", "pascal_mt", "--format", "csv"], capsys)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("measured row,seeds,") and len(lines) == 1 + len(MEASURED)
