@@ -87,10 +87,14 @@ def test_unmapped_rows_and_single_task_rows_stay_out():
     assert len(result.pairs) == 5  # the single-task full runs do not stand for MTL full fine-tuning
 
 
-def test_two_rows_for_one_published_row_is_an_error():
-    rows = leaderboard([*runs(), record("full", ["semseg", "depth"], [51.0, 0.5], tag="other", run_id="full-2")],
-                       dataset="synth")
-    with pytest.raises(UserError, match="two measured rows stand for the published 'MTL full fine-tuning'"):
+def test_several_rows_for_one_published_row():
+    tagged = record("full", ["semseg", "depth"], [51.0, 0.5], tag="shared_lr", run_id="full-2")
+    result = proxy_validity(leaderboard([*runs(), tagged], dataset="synth"), "synth", "pascal_mt")
+    assert result.aside == ["full [shared_lr]"]  # the untagged row is the leaderboard's own
+    assert next(p for p in result.pairs if p.measured == "full").measured_delta == pytest.approx(5.0)
+    other = dict(tagged, tag="other", run_id="full-3")
+    rows = leaderboard([r for r in runs() if r["run_id"] != "full-None"] + [tagged, other], dataset="synth")
+    with pytest.raises(UserError, match="2 measured rows stand for the published 'MTL full fine-tuning'"):
         proxy_validity(rows, "synth", "pascal_mt")
 
 

@@ -96,6 +96,7 @@ class ProxyResult:
     tau_without_recalled: Tau
     unmapped: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    aside: list[str] = field(default_factory=list)
 
 
 def kendall_tau(x: Sequence[float], y: Sequence[float]) -> Tau:
@@ -140,17 +141,35 @@ def _published_delta(table: PublishedTable, row: PublishedRow) -> tuple[float | 
     return row.delta_m_printed, "printed"
 
 
+def _one_per_published_row(group: list[Mapping[str, Any]], name: str) -> tuple[Mapping[str, Any], list[str]]:
+    """The measured row that stands for one published row, and the labels of the others set aside.
+
+    Several rows of one method (another tag, say a learning-rate study) are allowed when exactly one
+    of them has no tag: the untagged row is the leaderboard's own.
+    """
+    if len(group) == 1:
+        return group[0], []
+    untagged = [r for r in group if not r.get("tag")]
+    if len(untagged) != 1:
+        raise UserError(f"{len(group)} measured rows stand for the published '{name}': "
+                        f"{', '.join(_label(r) for r in group)}; keep one with --tag or --method")
+    return untagged[0], [_label(r) for r in group if r is not untagged[0]]
+
+
 def pair_rows(rows: Sequence[Mapping[str, Any]], published_dataset: str,
-              mapping: Sequence[MappingEntry] | None = None) -> tuple[list[Pair], list[str], list[str]]:
+              mapping: Sequence[MappingEntry] | None = None
+              ) -> tuple[list[Pair], list[str], list[str], list[str]]:
     """Pair measured leaderboard rows with published rows.
 
     Only the measured rows on the dataset's largest task set count (single-task baseline runs do
-    not stand for a multi-task method). Returns ``(pairs, unmapped, skipped)``: the labels of rows
-    that no mapping entry covers, and of rows left out for lack of a Δm on either side.
+    not stand for a multi-task method). Returns ``(pairs, unmapped, skipped, aside)``: the labels of
+    rows that no mapping entry covers, of rows left out for lack of a Δm on either side, and of
+    tagged rows set aside for the untagged row of the same published counterpart.
 
     Raises:
-        UserError: no published table or mapping for ``published_dataset``, or two measured rows fall
-            under one published row (filter them with ``--tag`` or ``--method``).
+        UserError: no published table or mapping for ``published_dataset``, or several measured rows
+            fall under one published row and not exactly one of them is untagged (filter them with
+            ``--tag`` or ``--method``).
     """
     table = load_table(published_dataset)
     if table is None or (mapping is None and published_dataset not in MAPPINGS):
@@ -159,10 +178,8 @@ def pair_rows(rows: Sequence[Mapping[str, Any]], published_dataset: str,
     mapping = MAPPINGS[published_dataset] if mapping is None else mapping
     suite = [r for r in rows if r.get("source", "suite") == "suite"]
     widest = max((len(r["tasks"]) for r in suite), default=0)
-    pairs: list[Pair] = []
     unmapped: list[str] = []
-    skipped: list[str] = []
-    taken: dict[tuple[str, str], str] = {}
+    groups: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for row in suite:
         if len(row["tasks"]) != widest or widest < 2:
             continue
@@ -170,34 +187,37 @@ def pair_rows(rows: Sequence[Mapping[str, Any]], published_dataset: str,
         if entry is None:
             unmapped.append(_label(row))
             continue
-        published = table.row(entry.paper, entry.row)
-        if published is None:
+        if table.row(entry.paper, entry.row) is None:
             raise UserError(f"the mapping names '{entry.row}' of '{entry.paper}', which is not in the "
                             f"{published_dataset} table")
-        if published.key in taken:
-            raise UserError(f"two measured rows stand for the published '{entry.row}': {taken[published.key]} and "
-                            f"{_label(row)}; keep one with --tag or --method")
-        taken[published.key] = _label(row)
+        groups.setdefault((entry.paper, entry.row), []).append(row)
+    pairs: list[Pair] = []
+    skipped: list[str] = []
+    aside: list[str] = []
+    for key, group in groups.items():
+        row, others = _one_per_published_row(group, key[1])
+        aside += others
+        published = table.row(*key)
         measured = [v for v in row.get("delta_m") or [] if v is not None and not math.isnan(v)]
         value, source = _published_delta(table, published)
         if not measured or value is None:
             skipped.append(_label(row))
             continue
         pairs.append(Pair(_label(row), published, statistics.fmean(measured), value, source, len(measured)))
-    return pairs, unmapped, skipped
+    return pairs, unmapped, skipped, aside
 
 
 def proxy_validity(rows: Sequence[Mapping[str, Any]], dataset: str, published_dataset: str,
                    mapping: Sequence[MappingEntry] | None = None) -> ProxyResult:
     """Kendall's τ-b between the measured and the published Δm ranking of the methods both have."""
-    pairs, unmapped, skipped = pair_rows(rows, published_dataset, mapping)
+    pairs, unmapped, skipped, aside = pair_rows(rows, published_dataset, mapping)
     documented = [p for p in pairs if p.published.confidence != "recalled"]
     return ProxyResult(
         dataset=dataset, published_dataset=published_dataset, pairs=pairs,
         tau=kendall_tau([p.measured_delta for p in pairs], [p.published_delta for p in pairs]),
         tau_without_recalled=kendall_tau([p.measured_delta for p in documented],
                                          [p.published_delta for p in documented]),
-        unmapped=unmapped, skipped=skipped)
+        unmapped=unmapped, skipped=skipped, aside=aside)
 
 
 def _tau_text(tau: Tau) -> str:
@@ -234,6 +254,8 @@ def render_proxy(result: ProxyResult, fmt: str = "md") -> str:
              f"{_tau_text(result.tau_without_recalled)}."]
     if result.unmapped:
         lines.append("No published counterpart in the mapping: " + ", ".join(result.unmapped) + ".")
+    if result.aside:
+        lines.append("Tagged rows set aside for the untagged row of the same method: " + ", ".join(result.aside) + ".")
     if result.skipped:
         lines.append("Left out (no Δm on one side): " + ", ".join(result.skipped) + ".")
     lines.append("Published Δm: recomputed from the row's own metrics against its paper's single-task row "
