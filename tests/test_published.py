@@ -162,3 +162,23 @@ def test_reference_is_a_deprecated_alias(capsys, tmp_path):
 def test_bad_published_options(capsys, tmp_path, args, message):
     code, _, err = run_cli(["compare", "--results", str(tmp_path), *args], capsys)
     assert code == 2 and one_error_line(err).startswith(f"mtbench: error: {message}")
+
+
+def test_the_published_views_do_not_import_torch(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import sys
+        from mtpeft_bench.cli import main
+        for args in (["compare", "--results", {str(tmp_path)!r}, "--published", "pascal_mt"],
+                     ["compare", "--published", "nyud", "--only-published"]):
+            try:
+                main(args)
+            except SystemExit as exc:
+                assert exc.code == 0, exc.code
+        assert "torch" not in sys.modules
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
