@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from mtpeft_bench.cli.options import split_list
+from mtpeft_bench.cli.published import proxy_text, published_datasets_wanted, published_table_text
 from mtpeft_bench.errors import UserError
 
 
@@ -37,7 +38,9 @@ EXAMPLES_COMPARE = """\b
 Examples:
   mtbench compare                                   # every run under results/, one table per dataset
   mtbench compare --results /tmp/runs --method full,decoder_only --sort params
-  mtbench compare --dataset pascal_mt --reference   # with the published rows beside the suite's runs
+  mtbench compare --published pascal_mt             # the published rows beside the suite's runs, Δm checked
+  mtbench compare --published pascal_mt --only-published   # the whole published table and its checks
+  mtbench compare --results results/synth --dataset synth --proxy pascal_mt   # Kendall's τ vs published
   mtbench compare --format latex --output table.tex
 """
 
@@ -51,30 +54,48 @@ Examples:
 @click.option("--sort", default="delta_m", show_default=True,
               type=click.Choice(["delta_m", "params", "flops", "memory", "train", "infer", "latency", "method"]),
               help="Order of the rows inside each dataset and task set.")
-@click.option("--reference", is_flag=True, help="Add the published rows of tasks/reference/<dataset>.yaml.")
+@click.option("--published", "published", default=None, metavar="DATASET",
+              help="Add the published rows of DATASET (e.g. pascal_mt, nyud), each with its Δm recomputed from its "
+              "own metrics; a printed Δm more than 0.05 away is marked ⚠ and explained under the table.")
+@click.option("--only-published", is_flag=True, help="With --published: print the whole published table "
+              "(copied rows and ablations too, provenance, parameter conventions, every check) and no runs.")
+@click.option("--proxy", default=None, metavar="DATASET", help="Proxy validity: pair the measured rows of "
+              "--dataset with the published rows of DATASET and print Kendall's τ-b of the two Δm rankings.")
+@click.option("--reference", is_flag=True, help="Deprecated: the same as --published with the --dataset name "
+              "(or each dataset of the results).")
 @click.option("--param-groups", is_flag=True, help="Add trainable parameters by group (method, extras, "
               "linears, decoder).")
 @baseline_option
 @strict_option
 @click.option("--output", "-o", default=None, help="Write to this file instead of standard output.")
-def compare(results_dir, dataset, methods, tags, fmt, sort, reference, param_groups, baseline_method, strict, output):
+def compare(results_dir, dataset, methods, tags, fmt, sort, published, only_published, proxy, reference,
+            param_groups, baseline_method, strict, output):
     """Leaderboard of all runs: per-task metrics, Δm, Pareto front, parameters, FLOPs, memory, speed."""
     from mtpeft_bench.report.rows import leaderboard, render_document, with_published
 
+    if only_published:
+        return _emit(published_table_text(published or dataset, fmt), output)
     path = Path(results_dir)
     records = read_results(path, strict) if path.exists() else []
-    if not records and not (reference and dataset):
+    if proxy:
+        return _emit(proxy_text(records, path, dataset, proxy, fmt, baseline_method, methods, tags), output)
+    published_sets = published_datasets_wanted(published, reference, dataset, records)
+    if not records and not published_sets:
         raise UserError(f"no result files under {path}; run `mtbench run ...` first or pass --results DIR"
                         if path.exists() else
                         f"no results folder {path}; run `mtbench run ...` first or pass --results DIR")
     rows = leaderboard(records, dataset=dataset, baseline_method=baseline_method, methods=split_list(methods),
                        tags=split_list(tags), sort=sort)
-    if reference:
-        rows = with_published(rows, [dataset] if dataset else {r["dataset"] for r in rows}, sort)
+    if published_sets:
+        rows = with_published(rows, published_sets, sort)
     if not rows:
         wanted = ", ".join(f"{k} {v}" for k, v in (("dataset", dataset), ("methods", methods), ("tags", tags)) if v)
         raise UserError(f"no completed runs under {path}" + (f" for {wanted}" if wanted else ""))
-    text = render_document(rows, fmt, baseline_method=baseline_method, param_groups=param_groups)
+    _emit(render_document(rows, fmt, baseline_method=baseline_method, param_groups=param_groups), output)
+
+
+def _emit(text: str, output: str | None) -> None:
+    """Print ``text``, or write it atomically to ``output``."""
     if output:
         from mtpeft_bench.atomic import write_text_atomic
 

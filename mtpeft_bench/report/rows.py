@@ -4,9 +4,9 @@ One row per (dataset, method, task set, preset, tag, recipe): the per-task prima
 ↑/↓, Δm against the baseline method's single-task runs, whether the row is on the Pareto front of
 (trainable parameters ↓, Δm ↑), trainable parameters (optionally by group), forward FLOPs, peak
 memory, training and inference images/s and latency at batch 1 (merged too, where the method can
-merge). Several seeds of a row are shown as mean ± sample standard deviation. Published reference
-rows (``tasks/reference/<dataset>.yaml``, section ``published_rows``) can be shown beside the
-suite's runs; they are marked as published and never enter the Pareto front. The rows are
+merge). Several seeds of a row are shown as mean ± sample standard deviation. Published rows
+(``tasks/reference/<dataset>.yaml``, read by :mod:`mtpeft_bench.report.published`) can be shown beside
+the suite's runs; they are marked as published and never enter the Pareto front. The rows are
 turned into text by :mod:`mtpeft_bench.report.tables` (re-exported here: ``render``, ``table``, ...).
 """
 
@@ -16,8 +16,7 @@ import json
 
 from typing import Any, Iterable, Mapping, Sequence
 
-from mtpeft_bench.report.baselines import compute_delta, load_reference
-from mtpeft_bench.report.delta import delta_m
+from mtpeft_bench.report.baselines import compute_delta
 from mtpeft_bench.model.params import EXTRA_GROUPS
 from mtpeft_bench.report.tables import (FORMATS, csv_table, latex_escape, mean_std, notes, render,  # noqa: F401
                                  render_document, table)
@@ -220,41 +219,12 @@ def sort_rows(rows: Sequence[dict[str, Any]], sort: str = "delta_m") -> list[dic
 
 
 def published_rows(dataset: str) -> list[dict[str, Any]]:
-    """The ``published_rows`` of ``tasks/reference/<dataset>.yaml`` as leaderboard rows.
+    """The published rows of ``tasks/reference/<dataset>.yaml`` as leaderboard rows (no ablations;
+    copies folded into their original), with Δm recomputed from each row's own metrics and the
+    printed Δm beside it; see :func:`mtpeft_bench.report.published_view.leaderboard_rows`."""
+    from mtpeft_bench.report.published_view import leaderboard_rows
 
-    Their Δm is recomputed from the row's metrics against the file's single-task values (the paper's
-    own Δm, where the sources give one, travels as ``delta_m_published``). Empty when the file or
-    the section does not exist.
-    """
-    reference = load_reference(dataset) or {}
-    section = reference.get("published_rows") or {}
-    columns = section.get("columns") or {}
-    sources = section.get("sources") or {}
-    baseline = (reference.get("single_task") or {}).get("values") or {}
-    rows = []
-    for item in section.get("rows") or []:
-        values = item.get("metrics") or {}
-        tasks = [t for t in columns if t in values]
-        metrics = {t: {"name": columns[t]["metric"], "higher_is_better": bool(columns[t]["higher_is_better"]),
-                       "unit": columns[t].get("unit", ""), "values": [float(values[t])]} for t in tasks}
-        delta = None
-        if tasks and all(t in baseline for t in tasks):
-            delta = delta_m({t: float(values[t]) for t in tasks}, {t: float(baseline[t]) for t in tasks},
-                            {t: metrics[t]["higher_is_better"] for t in tasks})
-        source = sources.get(item.get("source"), {})
-        params = item.get("params_m")
-        rows.append({
-            "dataset": dataset, "method": item["method"], "tasks": tasks, "preset": "", "tag": "", "seeds": [],
-            "n": 0, "metrics": metrics, "source": "published", "delta_m": [delta],
-            "delta_m_baseline": "published single-task" if delta is not None else None,
-            "delta_m_published": item.get("delta_m_published"),
-            "trainable": [params * 1e6 if params is not None else None], "param_groups": {}, "memory_kind": None,
-            **{field: [None] for field in _NUMERIC if field not in ("delta_m", "trainable")},
-            "verified": bool(item.get("verified", False)), "source_key": item.get("source"),
-            "source_label": source.get("label", item.get("source", "")), "citation": source.get("citation", ""),
-            "note": item.get("note", ""),
-        })
-    return rows
+    return leaderboard_rows(dataset)
 
 
 def with_published(rows: Sequence[dict[str, Any]], datasets: Iterable[str], sort: str = "delta_m"

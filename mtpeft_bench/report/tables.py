@@ -85,6 +85,8 @@ def _delta_cell(row: Mapping[str, Any]) -> str:
     mean = mean_std(row["delta_m"])[0]
     if published is not None and (mean is None or abs(round(mean, 2) - float(published)) >= 0.005):
         text += f" (paper {float(published):+.2f})"
+    if row.get("delta_m_flag"):  # a published row whose printed Δm disagrees with its metrics (note below)
+        text += f" {row['delta_m_flag']}"
     return text
 
 
