@@ -22,15 +22,26 @@ methods_option = click.option("--method", "-m", "methods", default=None,
 tags_option = click.option("--tag", "tags", default=None, help="Only runs with these tags (comma-separated).")
 baseline_option = click.option("--baseline-method", default="full", show_default=True,
                                help="Method whose single-task runs are the Δm baselines.")
+split_option = click.option("--eval-split", "split", type=click.Choice(["val", "holdout"]), default="val",
+                            show_default=True,
+                            help="Show the runs scored on this split: val (the validation split, the leaderboard) "
+                            "or holdout (learning-rate selection runs scored on images held out from training). "
+                            "Records without the field count as val; how many were left out is said on stderr.")
 strict_option = click.option("--strict", is_flag=True, help="A JSON file under --results that is not a valid "
                              "result record is an error (by default it is skipped with a warning naming it).")
 
 
-def read_results(path: Path, strict: bool) -> list[dict]:
-    """The records under ``path``; each file that is not a valid record is named on stderr (or, strict, an error)."""
-    from mtpeft_bench.results import read_records
+def read_results(path: Path, strict: bool, split: str = "val") -> list[dict]:
+    """The records under ``path`` scored on ``split``; each file that is not a valid record is named on
+    stderr (or, strict, an error), and so is the number of records of other splits left out."""
+    from mtpeft_bench.results import read_records, select_split
 
-    return read_records(path, strict=strict, warn=lambda line: click.echo(line, err=True))
+    records = read_records(path, strict=strict, warn=lambda line: click.echo(line, err=True))
+    kept, left_out = select_split(records, split)
+    for other, count in sorted(left_out.items()):
+        click.echo(f"mtbench: left out {count} record{'s' if count > 1 else ''} scored on the {other} split "
+                   f"(this shows the {split} split; --eval-split {other} shows them)", err=True)
+    return kept
 
 
 EXAMPLES_COMPARE = """\b
@@ -39,6 +50,9 @@ Examples:
   mtbench compare --results /tmp/runs --method full,decoder_only --sort params
   mtbench compare --dataset pascal_mt --reference   # with the published rows beside the suite's runs
   mtbench compare --format latex --output table.tex
+  mtbench compare --reference-method decoder_only     # paired tests of Δm against decoder_only
+  mtbench compare --eval-split holdout               # the learning-rate selection runs
+  mtbench compare --results results/synth --format md --output leaderboard.md
 """
 
 
@@ -55,26 +69,37 @@ Examples:
 @click.option("--param-groups", is_flag=True, help="Add trainable parameters by group (method, extras, "
               "linears, decoder).")
 @baseline_option
+@click.option("--reference-method", default="full", show_default=True,
+              help="Method each row's Δm is compared with by a paired t-test over the seeds both rows share.")
+@split_option
 @strict_option
 @click.option("--output", "-o", default=None, help="Write to this file instead of standard output.")
-def compare(results_dir, dataset, methods, tags, fmt, sort, reference, param_groups, baseline_method, strict, output):
-    """Leaderboard of all runs: per-task metrics, Δm, Pareto front, parameters, FLOPs, memory, speed."""
-    from mtpeft_bench.report.rows import leaderboard, render_document, with_published
+def compare(results_dir, dataset, methods, tags, fmt, sort, reference, param_groups, baseline_method,
+            reference_method, split, strict, output):
+    """Leaderboard of all runs: per-task metrics and Δm as mean ± 95 % confidence interval over seeds,
+    paired tests of Δm against a reference method and the best row, Pareto front, parameters, FLOPs,
+    memory, speed. A seed one row has and another lacks is named under the table (CSV: on stderr)."""
+    from mtpeft_bench.report.rows import leaderboard, render_document, seed_warnings, with_published
 
     path = Path(results_dir)
-    records = read_results(path, strict) if path.exists() else []
+    records = read_results(path, strict, split) if path.exists() else []
     if not records and not (reference and dataset):
         raise UserError(f"no result files under {path}; run `mtbench run ...` first or pass --results DIR"
                         if path.exists() else
                         f"no results folder {path}; run `mtbench run ...` first or pass --results DIR")
     rows = leaderboard(records, dataset=dataset, baseline_method=baseline_method, methods=split_list(methods),
-                       tags=split_list(tags), sort=sort)
+                       tags=split_list(tags), sort=sort, reference_method=reference_method)
+    if fmt == "csv":  # the other formats name them in the notes under the table
+        for line in seed_warnings(rows):
+            click.echo(f"mtbench: warning: {line}", err=True)
     if reference:
         rows = with_published(rows, [dataset] if dataset else {r["dataset"] for r in rows}, sort)
     if not rows:
         wanted = ", ".join(f"{k} {v}" for k, v in (("dataset", dataset), ("methods", methods), ("tags", tags)) if v)
-        raise UserError(f"no completed runs under {path}" + (f" for {wanted}" if wanted else ""))
-    text = render_document(rows, fmt, baseline_method=baseline_method, param_groups=param_groups)
+        raise UserError(f"no completed runs under {path}" + (f" for {wanted}" if wanted else "")
+                        + (f" scored on the {split} split" if split != "val" else ""))
+    text = render_document(rows, fmt, baseline_method=baseline_method, param_groups=param_groups,
+                           reference_method=reference_method)
     if output:
         from mtpeft_bench.atomic import write_text_atomic
 
@@ -103,14 +128,16 @@ Examples:
 @tags_option
 @click.option("--reference", is_flag=True, help="Add the published rows to the Pareto plot.")
 @baseline_option
+@split_option
 @strict_option
 @click.option("--format", "fmt", type=click.Choice(["png", "pdf", "svg"]), default="png", show_default=True)
-def plot(results_dir, out, dataset, methods, tags, reference, baseline_method, strict, fmt):
-    """Figures: Δm vs trainable parameters with the Pareto front, per-task metrics, cost, training curves."""
+def plot(results_dir, out, dataset, methods, tags, reference, baseline_method, split, strict, fmt):
+    """Figures: Δm vs trainable parameters with the Pareto front, per-task metrics, cost, training curves;
+    error bars are 95 % confidence intervals of the mean over seeds."""
     path = Path(results_dir)
     if not path.exists():
         raise UserError(f"no results folder {path}; run `mtbench run ...` first or pass --results DIR")
-    records = read_results(path, strict)
+    records = read_results(path, strict, split)
     if not records:
         raise UserError(f"no result files under {path}")
     from mtpeft_bench.report.plots import plot_all
