@@ -50,9 +50,9 @@ Examples:
   mtbench compare --results /tmp/runs --method full,decoder_only --sort params
   mtbench compare --dataset pascal_mt --reference   # with the published rows beside the suite's runs
   mtbench compare --format latex --output table.tex
-  mtbench compare --reference-method decoder_only     # paired tests of Δm against decoder_only
-  mtbench compare --eval-split holdout               # the learning-rate selection runs
-  mtbench compare --results results/synth --format md --output leaderboard.md
+  mtbench compare --reference-method decoder_only   # paired tests of Δm against decoder_only
+  mtbench compare --eval-split holdout              # the learning-rate selection runs instead
+  mtbench compare --results results/synth           # the committed leaderboard (the README's table)
 """
 
 

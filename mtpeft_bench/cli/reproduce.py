@@ -19,7 +19,7 @@ EXAMPLES = """\b
 Examples:
   mtbench reproduce results/synth/full/20261201-101500-1a2b3c4d-s0-0001.json
   mtbench reproduce RESULT.json --out /tmp/rerun --tolerance 1e-3
-  mtbench reproduce RESULT.json --data-root ~/data      # a dataset read from disk, elsewhere on this machine
+  mtbench reproduce RESULT.json --data-root ~/data   # a dataset read from disk, kept elsewhere here
 """
 
 
