@@ -182,3 +182,19 @@ def test_holdout_records_are_left_out_unless_asked_for(tmp_path, capsys):
 
 def rows_tags(text):
     return {r["tag"] for r in csv.DictReader(io.StringIO(text))}
+
+
+def test_a_record_gets_its_delta_m_from_baselines_of_its_own_split(tmp_path):
+    from mtpeft_bench.running.record import write_result
+
+    out = tmp_path / "results"
+    for task, value in (("semseg", 48.0), ("depth", 0.5)):
+        write_record(out, record("full", [task], [value], eval_split="holdout", run_id=f"holdout-{task}"))
+    run = record("lora", ["semseg", "depth"], [49.0, 0.5], run_id="val-run")
+    write_result(out, run)
+    assert run["delta_m"]["value"] is None  # the holdout single-task runs are not its baselines
+    for task, value in (("semseg", 50.0), ("depth", 0.5)):
+        write_record(out, record("full", [task], [value], run_id=f"val-{task}"))
+    again = record("lora", ["semseg", "depth"], [49.0, 0.5], run_id="val-run-2")
+    write_result(out, again)
+    assert again["delta_m"]["value"] == pytest.approx(0.5 * 100 * (49.0 - 50.0) / 50.0)  # vs 50, not 48

@@ -184,12 +184,12 @@ def build_record(resolved: ResolvedRun, run_hash: str, ctx: Any, device: Any, se
 
 
 def write_result(out: Path, record: dict[str, Any]) -> Path:
-    """Add Δm (against the single-task baselines among the records under ``out`` and this one), write
-    the record into ``out`` and note its path in ``record["_path"]``."""
+    """Add Δm (against the single-task baselines among the records under ``out`` scored on the same
+    split, and this one), write the record into ``out`` and note its path in ``record["_path"]``."""
     from mtpeft_bench.report.baselines import compute_delta
-    from mtpeft_bench.results import read_records, write_record
+    from mtpeft_bench.results import eval_split, read_records, select_split, write_record
 
-    others = read_records(out)
+    others = select_split(read_records(out), eval_split(record))[0]  # never a holdout baseline for a val run
     record["delta_m"] = compute_delta(record, [*others, record])
     path = write_record(out, record)
     record["_path"] = str(path)
