@@ -7,6 +7,9 @@ torch or the plugins. This module must not import torch.
 Schema (``schema_version`` 1), top-level keys:
 
 - ``run_id``, ``status`` (``completed``), ``created`` (UTC ISO time), ``wall_time_s``;
+- ``eval_split`` (optional): which images the metrics were scored on, ``val`` (the validation
+  split the leaderboard reports; the meaning of a record without the key) or ``holdout`` (images
+  held out from the training split, for learning-rate selection); see :func:`select_split`;
 - ``method``, ``dataset``, ``dataset_version``, ``tasks``, ``seed``, ``preset``, ``tag``;
 - ``config``: the resolved run configuration; ``method_config``, ``data_config``: the plugins'
   resolved options; ``config_hash``: hash of all of these except output paths;
@@ -83,7 +86,7 @@ def _mapping_of_mappings(value: Any) -> bool:
 _OPTIONAL_TYPES: dict[str, tuple[type, str]] = {
     **{key: (Mapping, "mapping") for key in ("config", "method_config", "data_config", "weights", "params",
                                              "efficiency", "delta_m", "method_info", "environment")},
-    "history": (list, "list"), "tag": (str, "string"), "preset": (str, "string"),
+    "history": (list, "list"), "tag": (str, "string"), "preset": (str, "string"), "eval_split": (str, "string"),
 }
 
 
@@ -177,6 +180,51 @@ def read_records(root: Path, *, strict: bool = False,
     return records
 
 
+#: The values of a record's ``eval_split``; the first is what a record without the key means.
+EVAL_SPLITS = ("val", "holdout")
+
+
+def eval_split(record: Mapping[str, Any]) -> str:
+    """Which images a record's metrics were scored on: its ``eval_split``, ``val`` when absent."""
+    return record.get("eval_split") or EVAL_SPLITS[0]
+
+
+def select_split(records: Iterable[Mapping[str, Any]], split: str = "val") -> tuple[list, dict[str, int]]:
+    """The records scored on ``split`` and, for every other split, how many were left out.
+
+    Leaderboards show one split at a time: a learning-rate selection scored on held-out training
+    images (``holdout``) must never be mixed with, or mistaken for, the validation results.
+    """
+    kept, left_out = [], {}
+    for record in records:
+        other = eval_split(record)
+        if other == split:
+            kept.append(record)
+        else:
+            left_out[other] = left_out.get(other, 0) + 1
+    return kept, left_out
+
+
+def results_root(record: Mapping[str, Any]) -> Path | None:
+    """The results folder a loaded record was read from (``<root>/<dataset>/<method>/<run_id>.json``),
+    or None for a record that was not read from a file."""
+    path = record.get("_path")
+    return Path(path).parent.parent.parent if path else None
+
+
+def stored_path(record: Mapping[str, Any], value: str | None) -> Path | None:
+    """A path stored in a record (``config.out``, ``config.runs_dir``, ``config.data_root``,
+    ``execution.run_dir``) as a path on this machine: relative ones (records of this version) are
+    relative to the record's results folder; absolute ones (records written before) are kept."""
+    if value is None or value == "":
+        return None
+    path = Path(value).expanduser()
+    if path.is_absolute():
+        return path
+    root = results_root(record)
+    return Path(os.path.normpath(root / path)) if root is not None else path
+
+
 def _flatten_into(row: dict[str, Any], prefix: str, value: Any) -> None:
     """``{"a": {"b": 1}}`` under ``prefix`` → ``row["prefix.a.b"] = 1`` (lists are left out)."""
     if isinstance(value, Mapping):
@@ -206,7 +254,7 @@ def flatten_record(record: Mapping[str, Any]) -> dict[str, Any]:
     """One flat row of a run record.
 
     Columns: the identity (``run_id, method, dataset, tasks, n_tasks, seed, preset, tag``), ``status``,
-    ``created``, ``config_hash``, ``recipe_key``, ``wall_time_s``, ``weights``, ``delta_m`` and
+    ``created``, ``eval_split``, ``config_hash``, ``recipe_key``, ``wall_time_s``, ``weights``, ``delta_m`` and
     ``delta_m_baseline``; ``metric.<task>.<metric>``; ``params.<summary key>`` (e.g.
     ``params.total_trainable``), ``params.group.<group>.trainable|total`` and ``params.optimizer``;
     ``efficiency.<key>`` with nested keys joined by dots (e.g. ``efficiency.latency_ms``,
@@ -216,6 +264,7 @@ def flatten_record(record: Mapping[str, Any]) -> dict[str, Any]:
         **_identity(record),
         "status": record.get("status"),
         "created": record.get("created"),
+        "eval_split": eval_split(record),
         "config_hash": record.get("config_hash"),
         "recipe_key": record.get("recipe_key"),
         "wall_time_s": record.get("wall_time_s"),

@@ -54,7 +54,7 @@ def test_figures_say_what_they_show(capsys, tmp_path, svg_text):
     pareto = svg_text(tmp_path / "pareto_synth_semseg-depth.svg")
     for text in ("synth: Δm vs trainable parameters (semseg, depth)", "trainable parameters (M) ↓",
                  "Δm vs single-task baselines (%) ↑", "Pareto front (black-edged points)", "lora", "task_proj",
-                 "decoder_only", "full (mean ± sd, 2 seeds)"):
+                 "decoder_only", "full (mean ± 95% CI, 2 seeds)", "lora (1 seed, no interval)"):
         assert text in pareto, text
     metrics = svg_text(tmp_path / "metrics_synth.svg")
     for text in ("semseg: mIoU ↑", "depth: rmse ↓", "rmse (m)", "mIoU (%)", "full (semseg only)", "50.8"):
@@ -105,3 +105,36 @@ def test_bad_input(capsys, tmp_path):
     assert code == 2 and "no results folder" in err
     code, _, err = plot(capsys, "--results", str(RESULTS), "--out", str(tmp_path), "--method", "nothing")
     assert code == 2 and "match the filters" in err
+
+
+def test_pareto_error_bars_are_t_intervals(monkeypatch, tmp_path):
+    """The vertical error bar of a row is mean ± t(0.975, n−1)·s/√n of its seeds' Δm (by hand below);
+    a row of one seed gets none."""
+    import math
+
+    from mtpeft_bench.report import plots
+    from mtpeft_bench.report.rows import leaderboard
+    from helpers.records import record
+
+    records = [record("full", ["semseg"], [48.0], seed=0), record("full", ["depth"], [0.5], seed=0)]
+    # Δm of (s, d) against 48 / 0.5: ½[100(s−48)/48 − 100(d−0.5)/0.5]
+    records += [record("lora", ["semseg", "depth"], [s, 0.5], seed=i) for i, s in enumerate([48.0, 52.8, 50.4])]
+    records += [record("full", ["semseg", "depth"], [48.0, 0.5], seed=0)]
+    deltas = [0.0, 5.0, 2.5]  # ½·100·(0, 4.8, 2.4)/48
+    mean = sum(deltas) / 3
+    sd = math.sqrt(sum((d - mean) ** 2 for d in deltas) / 2)
+    half = 4.302652729749462 * sd / math.sqrt(3)  # t_{0.975, 2} from a printed table
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or path)
+    rows = [r for r in leaderboard(records) if len(r["tasks"]) == 2]
+    plots.plot_pareto(rows, tmp_path / "p.png", "t")
+    bars = {}
+    for collection in figures[0].axes[0].collections:
+        for segment in collection.get_segments() if hasattr(collection, "get_segments") else []:
+            (x0, y0), (x1, y1) = segment
+            if x0 == x1 and y0 != y1:
+                bars[round(x0, 6)] = (min(y0, y1), max(y0, y1))
+    assert len(bars) == 1  # lora only: the full row has one seed
+    (low, high), = bars.values()
+    assert low == pytest.approx(mean - half) and high == pytest.approx(mean + half)

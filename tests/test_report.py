@@ -65,10 +65,11 @@ def test_leaderboard_aggregates_seeds_and_renders():
     lora = next(r for r in rows if r["method"] == "lora")
     assert lora["n"] == 2 and lora["seeds"] == [0, 1]
     text = render(rows, "md")
-    assert "50.00 ± 7.07" in text  # mean ± sample std of 55 and 45
+    # mean ± 95 % interval of 55 and 45: s = 7.071, t_{0.975,1} = 12.706 → 12.706 · 7.071 / √2 = 63.53
+    assert "50.00 ± 63.53" in text
     assert "semseg mIoU ↑" in text and "depth rmse ↓ (m)" in text
-    # Δm per seed: (+10 + 10)/2 = 10 and (-10 - 10)/2 = -10 → 0.00 ± 14.14
-    assert "0.00 ± 14.14" in text
+    # Δm per seed: (+10 + 10)/2 = 10 and (-10 - 10)/2 = -10 → s = 14.14 → 0.00 ± 12.706 · 14.14 / √2 = 127.06
+    assert "0.00 ± 127.06" in text
     csv_text = render(rows, "csv")
     assert csv_text.splitlines()[0].startswith("method,variant,tasks,preset,seeds")
     assert "\\toprule" in render(rows, "latex")

@@ -9,15 +9,23 @@ Inputs (primary metrics; the single-task baselines are full [semseg] 48.0 and fu
     task_proj                47.0          0.52           895,480    950      60.0          13.5
     decoder_only             40.0          0.66           720,440    900      70.0          11.8
 
-Worked out by hand:
+Worked out by hand (± is the half-width of the 95 % confidence interval, t · s / √n; with n = 2 seeds
+t_{0.975, 1} = 12.7062 from a printed t table, so half-width = 12.7062 · s / √2 = 8.9846 · s):
 
 - Δm = ½ [100 (s − 48)/48 − 100 (d − 0.50)/0.50]
   full s0: ½ [4.1667 + 0] = 2.0833; full s1: ½ [7.5 + 6.0] = 6.75
-  → mean 4.4167, sample std |6.75 − 2.0833| / √2 = 3.2998 → "+4.42 ± 3.30"
-  lora: ½ [2.0833 + 4.0] = 3.0417 → "+3.04"; task_proj: ½ [−2.0833 − 4.0] = −3.0417 → "-3.04"
-  decoder_only: ½ [−16.6667 − 32.0] = −24.3333 → "-24.33"; the baselines themselves: 0 → "+0.00"
-- full semseg 50.8 ± 1.6/√2 = 1.1314 → "50.80 ± 1.13"; depth 0.485 ± 0.03/√2 = 0.0212 → "0.4850 ± 0.0212"
-- full peak 1185 ± 10/√2 = 7.07 → "1185 ± 7"; train 41.0 ± 1.41 → "41.0 ± 1.4"; latency 12.2 ± 0.28 → "12.2 ± 0.3"
+  → mean 4.4167, sample std s = |6.75 − 2.0833| / √2 = 3.2998, half-width 29.648 → "+4.42 ± 29.65"
+  lora: ½ [2.0833 + 4.0] = 3.0417 → "+3.04 ± n/a" (one seed: no interval); task_proj: ½ [−2.0833 − 4.0]
+  = −3.0417 → "-3.04 ± n/a"; decoder_only: ½ [−16.6667 − 32.0] = −24.3333 → "-24.33 ± n/a"; the
+  baselines themselves: 0 → "+0.00 ± n/a"
+- full semseg 50.8, s = 1.6/√2 = 1.1314 → half-width 10.165 → "50.80 ± 10.16"; depth 0.485, s = 0.0212
+  → 0.1906 → "0.4850 ± 0.1906"
+- full peak 1185, s = 7.071 → 63.53 → "1185 ± 64"; train 41.0, s = 1.414 → 12.71 → "41.0 ± 12.7";
+  latency 12.2, s = 0.2828 → 2.541 → "12.2 ± 2.5" (cost figures of one seed show the value alone)
+- Paired tests of Δm (only full has seed 1): every other two-task row shares one seed (0) with full, the
+  reference and best row, so none can be tested ("untested (1 shared seed)"); the mean paired
+  difference on that seed is still shown: lora 3.0417 − 2.0833 = +0.96, task_proj −3.0417 − 2.0833 =
+  −5.13, decoder_only −24.3333 − 2.0833 = −26.42. lora, task_proj and decoder_only lack seed 1: named.
 - Pareto (fewer parameters ↓, higher Δm ↑) among the four two-task rows: decoder_only (fewest parameters),
   lora (0.727 M, +3.04), full (highest Δm) are on the front; task_proj (0.895 M, −3.04) is dominated by
   lora. The single-task rows are alone in their task sets: no mark.
@@ -75,12 +83,19 @@ def test_csv_numbers_are_the_hand_computed_ones(capsys):
     rows = {(r["method"], r["tasks"]): r for r in rows_of(out)}
     full = rows[("full", "semseg,depth")]
     assert float(full["delta_m"]) == pytest.approx(4.416667, abs=1e-6)
-    assert float(full["delta_m.std"]) == pytest.approx(3.299832, abs=1e-6)
+    t = 12.706204736  # t_{0.975, 1} (printed tables: 12.706)
+    assert float(full["delta_m.ci95"]) == pytest.approx(t * 3.299832 / 2 ** 0.5, abs=1e-5)
+    assert full["delta_m.n"] == "2"
     assert float(full["semseg.mIoU"]) == pytest.approx(50.8)
-    assert float(full["semseg.mIoU.std"]) == pytest.approx(1.131371)
+    assert float(full["semseg.mIoU.ci95"]) == pytest.approx(t * 1.131371 / 2 ** 0.5, abs=1e-5)
     assert float(full["depth.rmse"]) == pytest.approx(0.485)
-    assert float(full["depth.rmse.std"]) == pytest.approx(0.021213)
+    assert float(full["depth.rmse.ci95"]) == pytest.approx(t * 0.021213 / 2 ** 0.5, abs=1e-5)
     assert full["seeds"] == "0;1" and full["n"] == "2"
+    assert (full["delta_m.vs_reference"], full["delta_m.vs_best"]) == ("reference", "best")
+    lora = rows[("lora", "semseg,depth")]
+    assert lora["delta_m.ci95"] == "" and lora["delta_m.n"] == "1"  # one seed: no interval, not 0
+    assert float(lora["delta_m.vs_reference"]) == pytest.approx(3.041667 - 2.083333, abs=1e-5)
+    assert lora["delta_m.vs_reference.p"] == "" and lora["delta_m.vs_reference.seeds"] == "0"  # one shared seed
     assert float(rows[("lora", "semseg,depth")]["delta_m"]) == pytest.approx(3.041667, abs=1e-6)
     assert float(rows[("task_proj", "semseg,depth")]["delta_m"]) == pytest.approx(-3.041667, abs=1e-6)
     assert float(rows[("decoder_only", "semseg,depth")]["delta_m"]) == pytest.approx(-24.333333, abs=1e-6)
@@ -142,7 +157,7 @@ def test_html_table(capsys):
 
     Cells().feed(out)
     assert Cells.rows == 1 + 6
-    assert "<h2>synth</h2>" in out and "+4.42 ± 3.30" in out
+    assert "<h2>synth</h2>" in out and "+4.42 ± 29.65" in out
 
 
 def test_output_file(capsys, tmp_path):

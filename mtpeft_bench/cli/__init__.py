@@ -7,6 +7,7 @@ One module per command group:
     sweep.py     sweep                  a grid of runs, or its torchrun commands
     measure.py   params, bench          parameter counts; step and inference timing
     report.py    compare, plot          leaderboards and figures from result JSONs
+    reproduce.py reproduce              rerun a run from its result JSON and compare the metrics
     ls.py        ls                     the registered methods, datasets and presets
     data.py      data prepare/verify/show
     pretrain.py  pretrain               pretraining a built-in backbone
@@ -25,7 +26,7 @@ import sys
 
 import click
 
-from mtpeft_bench.cli import data, ls, measure, pretrain, report, run, sweep
+from mtpeft_bench.cli import data, ls, measure, pretrain, report, reproduce, run, sweep
 from mtpeft_bench.errors import UserError
 
 
@@ -47,7 +48,7 @@ def cli(quiet: bool, verbose: bool) -> None:
 
 
 for _command in (run.run, sweep.sweep, measure.params, measure.bench, report.compare, report.plot, ls.ls, data.data,
-                 pretrain.pretrain):
+                 pretrain.pretrain, reproduce.reproduce):
     cli.add_command(_command)
 for _command in (data.prepare, data.verify, data.show):
     data.data.add_command(_command)

@@ -23,15 +23,26 @@ methods_option = click.option("--method", "-m", "methods", default=None,
 tags_option = click.option("--tag", "tags", default=None, help="Only runs with these tags (comma-separated).")
 baseline_option = click.option("--baseline-method", default="full", show_default=True,
                                help="Method whose single-task runs are the Δm baselines.")
+split_option = click.option("--eval-split", "split", type=click.Choice(["val", "holdout"]), default="val",
+                            show_default=True,
+                            help="Show the runs scored on this split: val (the validation split, the leaderboard) "
+                            "or holdout (learning-rate selection runs scored on images held out from training). "
+                            "Records without the field count as val; how many were left out is said on stderr.")
 strict_option = click.option("--strict", is_flag=True, help="A JSON file under --results that is not a valid "
                              "result record is an error (by default it is skipped with a warning naming it).")
 
 
-def read_results(path: Path, strict: bool) -> list[dict]:
-    """The records under ``path``; each file that is not a valid record is named on stderr (or, strict, an error)."""
-    from mtpeft_bench.results import read_records
+def read_results(path: Path, strict: bool, split: str = "val") -> list[dict]:
+    """The records under ``path`` scored on ``split``; each file that is not a valid record is named on
+    stderr (or, strict, an error), and so is the number of records of other splits left out."""
+    from mtpeft_bench.results import read_records, select_split
 
-    return read_records(path, strict=strict, warn=lambda line: click.echo(line, err=True))
+    records = read_records(path, strict=strict, warn=lambda line: click.echo(line, err=True))
+    kept, left_out = select_split(records, split)
+    for other, count in sorted(left_out.items()):
+        click.echo(f"mtbench: left out {count} record{'s' if count > 1 else ''} scored on the {other} split "
+                   f"(this shows the {split} split; --eval-split {other} shows them)", err=True)
+    return kept
 
 
 EXAMPLES_COMPARE = """\b
@@ -42,6 +53,9 @@ Examples:
   mtbench compare --published pascal_mt --only-published   # the whole published table and its checks
   mtbench compare --results results/synth --dataset synth --proxy pascal_mt   # Kendall's τ vs published
   mtbench compare --format latex --output table.tex
+  mtbench compare --reference-method decoder_only   # paired tests of Δm against decoder_only
+  mtbench compare --eval-split holdout              # the learning-rate selection runs instead
+  mtbench compare --results results/synth           # the committed leaderboard (the README's table)
 """
 
 
@@ -66,17 +80,22 @@ Examples:
 @click.option("--param-groups", is_flag=True, help="Add trainable parameters by group (method, extras, "
               "linears, decoder).")
 @baseline_option
+@click.option("--reference-method", default="full", show_default=True,
+              help="Method each row's Δm is compared with by a paired t-test over the seeds both rows share.")
+@split_option
 @strict_option
 @click.option("--output", "-o", default=None, help="Write to this file instead of standard output.")
 def compare(results_dir, dataset, methods, tags, fmt, sort, published, only_published, proxy, reference,
-            param_groups, baseline_method, strict, output):
-    """Leaderboard of all runs: per-task metrics, Δm, Pareto front, parameters, FLOPs, memory, speed."""
-    from mtpeft_bench.report.rows import leaderboard, render_document, with_published
+            param_groups, baseline_method, reference_method, split, strict, output):
+    """Leaderboard of all runs: per-task metrics and Δm as mean ± 95 % confidence interval over seeds,
+    paired tests of Δm against a reference method and the best row, Pareto front, parameters, FLOPs,
+    memory, speed. A seed one row has and another lacks is named under the table (CSV: on stderr)."""
+    from mtpeft_bench.report.rows import leaderboard, render_document, seed_warnings, with_published
 
     if only_published:
         return _emit(published_table_text(published or dataset, fmt), output)
     path = Path(results_dir)
-    records = read_results(path, strict) if path.exists() else []
+    records = read_results(path, strict, split) if path.exists() else []
     if proxy:
         return _emit(proxy_text(records, path, dataset, proxy, fmt, baseline_method, methods, tags), output)
     published_sets = published_datasets_wanted(published, reference, dataset, records)
@@ -85,13 +104,18 @@ def compare(results_dir, dataset, methods, tags, fmt, sort, published, only_publ
                         if path.exists() else
                         f"no results folder {path}; run `mtbench run ...` first or pass --results DIR")
     rows = leaderboard(records, dataset=dataset, baseline_method=baseline_method, methods=split_list(methods),
-                       tags=split_list(tags), sort=sort)
+                       tags=split_list(tags), sort=sort, reference_method=reference_method)
+    if fmt == "csv":  # the other formats name them in the notes under the table
+        for line in seed_warnings(rows):
+            click.echo(f"mtbench: warning: {line}", err=True)
     if published_sets:
         rows = with_published(rows, published_sets, sort)
     if not rows:
         wanted = ", ".join(f"{k} {v}" for k, v in (("dataset", dataset), ("methods", methods), ("tags", tags)) if v)
-        raise UserError(f"no completed runs under {path}" + (f" for {wanted}" if wanted else ""))
-    _emit(render_document(rows, fmt, baseline_method=baseline_method, param_groups=param_groups), output)
+        raise UserError(f"no completed runs under {path}" + (f" for {wanted}" if wanted else "")
+                        + (f" scored on the {split} split" if split != "val" else ""))
+    _emit(render_document(rows, fmt, baseline_method=baseline_method, param_groups=param_groups,
+                          reference_method=reference_method), output)
 
 
 def _emit(text: str, output: str | None) -> None:
@@ -124,14 +148,16 @@ Examples:
 @tags_option
 @click.option("--reference", is_flag=True, help="Add the published rows to the Pareto plot.")
 @baseline_option
+@split_option
 @strict_option
 @click.option("--format", "fmt", type=click.Choice(["png", "pdf", "svg"]), default="png", show_default=True)
-def plot(results_dir, out, dataset, methods, tags, reference, baseline_method, strict, fmt):
-    """Figures: Δm vs trainable parameters with the Pareto front, per-task metrics, cost, training curves."""
+def plot(results_dir, out, dataset, methods, tags, reference, baseline_method, split, strict, fmt):
+    """Figures: Δm vs trainable parameters with the Pareto front, per-task metrics, cost, training curves;
+    error bars are 95 % confidence intervals of the mean over seeds."""
     path = Path(results_dir)
     if not path.exists():
         raise UserError(f"no results folder {path}; run `mtbench run ...` first or pass --results DIR")
-    records = read_results(path, strict)
+    records = read_results(path, strict, split)
     if not records:
         raise UserError(f"no result files under {path}")
     from mtpeft_bench.report.plots import plot_all

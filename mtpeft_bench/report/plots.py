@@ -4,14 +4,17 @@
 Per dataset:
 
 - ``pareto_<dataset>_<tasks>.png``: Δm against trainable parameters for each multi-task set, the
-  Pareto front as a staircase, seed spread as error bars (published rows as hollow grey points
-  with ``--reference``);
+  Pareto front as a staircase, 95 % confidence intervals over seeds as error bars (published rows
+  as hollow grey points with ``--reference``);
 - ``metrics_<dataset>.png``: each task's primary metric per method, bars at the mean over seeds
-  with ± sd error bars, single-task baselines beside the multi-task runs;
+  with 95 % confidence-interval error bars, single-task baselines beside the multi-task runs;
 - ``efficiency_<dataset>.png``: trainable parameters, forward GFLOPs, peak memory, training and
   inference images/s and latency at batch 1 (merged and unmerged where a method can merge);
 - ``curves_<dataset>.png``: training loss and the validation primary metrics per epoch from the
-  runs' ``history`` (mean over seeds, ± sd band).
+  runs' ``history`` (mean over seeds, 95 % confidence band).
+
+Every interval is Student t over seeds (:func:`mtpeft_bench.report.stats.ci_bounds`); a row of one
+seed gets no error bar (its interval is unavailable, not zero).
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from mtpeft_bench.report.rows import leaderboard, mean_std, with_published
+from mtpeft_bench.report.rows import leaderboard, with_published
+from mtpeft_bench.report.stats import ci_bounds, mean_ci
 from mtpeft_bench.results import history_rows
 
 
@@ -123,32 +127,35 @@ def plot_pareto(rows: Sequence[Mapping[str, Any]], path: Path, title: str,
                 colors: Mapping[str, Any] | None = None) -> Path:
     """Δm (↑) against trainable parameters (↓) with the Pareto front; ``rows`` share one task set."""
     plt, _ = _pyplot()
-    suite = [r for r in rows if r.get("source") == "suite" and mean_std(r["delta_m"])[0] is not None
-             and mean_std(r["trainable"])[0] is not None]
-    published = [r for r in rows if r.get("source") == "published" and mean_std(r["delta_m"])[0] is not None
-                 and mean_std(r["trainable"])[0] is not None]
+    suite = [r for r in rows if r.get("source") == "suite" and mean_ci(r["delta_m"]).mean is not None
+             and mean_ci(r["trainable"]).mean is not None]
+    published = [r for r in rows if r.get("source") == "published" and mean_ci(r["delta_m"]).mean is not None
+                 and mean_ci(r["trainable"]).mean is not None]
     colors = dict(colors or {}) or _palette(_label(r, False) for r in suite)
     fig, ax = plt.subplots(figsize=(7.5, 5))
     xs = []
-    points = [(mean_std(r["trainable"])[0] / 1e6, mean_std(r["delta_m"])[0]) for r in [*suite, *published]]
+    points = [(mean_ci(r["trainable"]).mean / 1e6, mean_ci(r["delta_m"]).mean) for r in [*suite, *published]]
     for row in suite:
-        x = mean_std(row["trainable"])[0] / 1e6
-        y, sd = mean_std(row["delta_m"])
+        x = mean_ci(row["trainable"]).mean / 1e6
+        delta = mean_ci(row["delta_m"])
+        y = delta.mean
         xs.append(x)
         label = _label(row, False)
         color = colors.get(label, "tab:blue")
-        ax.errorbar(x, y, yerr=sd if sd is not None else None, fmt="o", markersize=9, capsize=4, color=color,
-                    label=label + (f" (mean ± sd, {row['n']} seeds)" if row["n"] > 1 else ""),
+        seeds = f"{delta.n} seed{'s' if delta.n > 1 else ''}"
+        ax.errorbar(x, y, yerr=delta.half_width, fmt="o", markersize=9, capsize=4, color=color,
+                    label=label + (f" (mean ± 95% CI, {seeds})" if delta.half_width is not None
+                                   else f" ({seeds}, no interval)"),
                     markeredgecolor="black" if row.get("pareto") else color, markeredgewidth=1.5, zorder=3)
         ax.annotate(label, (x, y), textcoords="offset points", xytext=(7, 5), fontsize=8, color="0.15")
-    front = sorted((mean_std(r["trainable"])[0] / 1e6, mean_std(r["delta_m"])[0]) for r in suite if r.get("pareto"))
+    front = sorted((mean_ci(r["trainable"]).mean / 1e6, mean_ci(r["delta_m"]).mean) for r in suite if r.get("pareto"))
     if front:
         fx, fy = zip(*front)
         ax.step(fx, fy, where="post", linestyle="--", color="0.3", linewidth=1.2, zorder=2,
                 label="Pareto front (black-edged points)")
     for row in published:
-        x = mean_std(row["trainable"])[0] / 1e6
-        y = mean_std(row["delta_m"])[0]
+        x = mean_ci(row["trainable"]).mean / 1e6
+        y = mean_ci(row["delta_m"]).mean
         xs.append(x)
         ax.scatter([x], [y], s=45, facecolors="none", edgecolors="0.45", zorder=2)
         ax.annotate(row["method"], (x, y), textcoords="offset points", xytext=(7, 0), va="center", fontsize=7,
@@ -226,7 +233,8 @@ def _grid(plt, panels: int, height: float):
 
 def plot_task_metrics(rows: Sequence[Mapping[str, Any]], path: Path, title: str,
                       colors: Mapping[str, Any] | None = None) -> Path | None:
-    """One panel per task: the primary metric of each row (bar = mean, error bar = sd over seeds)."""
+    """One panel per task: the primary metric of each row (bar = mean, error bar = 95 % confidence
+    interval over seeds)."""
     plt, sns = _pyplot()
     several_sets = len({tuple(r["tasks"]) for r in rows if len(r["tasks"]) > 1}) > 1
     data = _long_metrics(rows, several_sets)
@@ -241,7 +249,7 @@ def plot_task_metrics(rows: Sequence[Mapping[str, Any]], path: Path, title: str,
         first = sub.iloc[0]
         order = list(dict.fromkeys(sub["label"]))
         sns.barplot(data=sub, y="label", x="value", hue="label", order=order, hue_order=order, palette=colors,
-                    errorbar="sd", capsize=0.2, ax=ax, legend=False)
+                    errorbar=ci_bounds, capsize=0.2, ax=ax, legend=False)
         _label_bars(ax)
         ax.set_title(f"{task}: {first['metric']} {_arrow(first['higher_is_better'])}")
         ax.set_xlabel(f"{first['metric']}{_unit(first['unit'])}")
@@ -264,7 +272,7 @@ EFFICIENCY_PANELS = (
 
 def plot_efficiency(rows: Sequence[Mapping[str, Any]], path: Path, title: str,
                     colors: Mapping[str, Any] | None = None) -> Path | None:
-    """Bars of parameters, FLOPs, memory, throughput and latency per row (± sd over seeds)."""
+    """Bars of parameters, FLOPs, memory, throughput and latency per row (95 % confidence interval over seeds)."""
     import pandas as pd
 
     plt, sns = _pyplot()
@@ -295,12 +303,12 @@ def plot_efficiency(rows: Sequence[Mapping[str, Any]], path: Path, title: str,
     for ax, (name, xlabel, data) in zip(axes, panels):
         order = [label for label in labels if label in set(data["label"])]
         if data["form"].nunique() > 1:
-            sns.barplot(data=data, y="label", x="value", hue="form", order=order, errorbar="sd", capsize=0.2,
+            sns.barplot(data=data, y="label", x="value", hue="form", order=order, errorbar=ci_bounds, capsize=0.2,
                         ax=ax, palette=["0.6", "tab:orange"])
             ax.legend(fontsize=7, title=None, loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=2, frameon=False)
         else:
             sns.barplot(data=data, y="label", x="value", hue="label", order=order, hue_order=order, palette=colors,
-                        errorbar="sd", capsize=0.2, ax=ax, legend=False)
+                        errorbar=ci_bounds, capsize=0.2, ax=ax, legend=False)
         _label_bars(ax)
         ax.set_title(name)
         ax.set_xlabel(xlabel)
@@ -312,7 +320,7 @@ def plot_efficiency(rows: Sequence[Mapping[str, Any]], path: Path, title: str,
 
 def plot_curves(records: Sequence[Mapping[str, Any]], path: Path, title: str,
                 colors: Mapping[str, Any] | None = None) -> Path | None:
-    """Training loss and validation primary metrics per epoch (mean over seeds, ± sd band)."""
+    """Training loss and validation primary metrics per epoch (mean over seeds, 95 % confidence band)."""
     import pandas as pd
 
     plt, sns = _pyplot()
@@ -345,7 +353,7 @@ def plot_curves(records: Sequence[Mapping[str, Any]], path: Path, title: str,
     for ax, (column, name, ylabel) in zip(axes, panels):
         sub = data[["label", "epoch", column]].dropna()
         sns.lineplot(data=sub, x="epoch", y=column, hue="label", hue_order=labels, palette=colors, marker="o",
-                     errorbar="sd", ax=ax, legend=False)
+                     errorbar=ci_bounds, ax=ax, legend=False)
         ax.set_title(name)
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
@@ -354,7 +362,7 @@ def plot_curves(records: Sequence[Mapping[str, Any]], path: Path, title: str,
     fig.suptitle(title)
     fig.tight_layout()
     fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False,
-               title="runs (mean ± sd over seeds)", title_fontsize=8)
+               title="runs (mean, 95% CI over seeds)", title_fontsize=8)
     return _save(fig, path)
 
 
@@ -377,7 +385,7 @@ def plot_all(records: Sequence[Mapping[str, Any]], out: Path, dataset: str | Non
         for tasks in dict.fromkeys(tuple(r["tasks"]) for r in suite if len(r["tasks"]) > 1):
             members = [r for r in sub if tuple(r["tasks"]) == tasks or
                        (r.get("source") == "published" and set(r["tasks"]) == set(tasks))]
-            if any(mean_std(r["delta_m"])[0] is not None for r in members):
+            if any(mean_ci(r["delta_m"]).mean is not None for r in members):
                 slug = "-".join(tasks) if len(tasks) <= 3 else f"{len(tasks)}tasks"
                 written.append(plot_pareto(members, out / f"pareto_{_slug(name)}_{_slug(slug)}.{fmt}",
                                            f"{name}: Δm vs trainable parameters ({_tasks_label(tasks)})",
@@ -385,9 +393,9 @@ def plot_all(records: Sequence[Mapping[str, Any]], out: Path, dataset: str | Non
                                             if tuple(r["tasks"]) == tasks}))
         figures = (
             (plot_task_metrics, f"metrics_{_slug(name)}.{fmt}",
-             f"{name}: primary metric per task (mean ± sd over seeds)"),
+             f"{name}: primary metric per task (mean, 95% CI over seeds)"),
             (plot_efficiency, f"efficiency_{_slug(name)}.{fmt}",
-             f"{name}: cost of each method (mean ± sd over seeds)"),
+             f"{name}: cost of each method (mean, 95% CI over seeds)"),
         )
         for function, filename, title in figures:
             path = function(suite, out / filename, title, colors)
@@ -397,7 +405,7 @@ def plot_all(records: Sequence[Mapping[str, Any]], out: Path, dataset: str | Non
         runs = [rec for rec in records if rec.get("status") == "completed" and rec.get("dataset") == name
                 and (rec["method"], tuple(rec.get("tasks", [])), rec.get("tag", "")) in keep]
         path = plot_curves(runs, out / f"curves_{_slug(name)}.{fmt}",
-                           f"{name}: training curves (mean ± sd over seeds)", colors)
+                           f"{name}: training curves (mean, 95% CI over seeds)", colors)
         if path is not None:
             written.append(path)
     return written

@@ -4,10 +4,13 @@ One row per (dataset, method, task set, preset, tag, recipe): the per-task prima
 ↑/↓, Δm against the baseline method's single-task runs, whether the row is on the Pareto front of
 (trainable parameters ↓, Δm ↑), trainable parameters (optionally by group), forward FLOPs, peak
 memory, training and inference images/s and latency at batch 1 (merged too, where the method can
-merge). Several seeds of a row are shown as mean ± sample standard deviation. Published rows
+merge). Several seeds of a row are shown as mean ± the half-width of a 95 % confidence interval
+(:mod:`mtpeft_bench.report.stats`), and each row's Δm is tested against a reference row and the
+best row of its task set (:mod:`mtpeft_bench.report.significance`). Published rows
 (``tasks/reference/<dataset>.yaml``, read by :mod:`mtpeft_bench.report.published`) can be shown beside
 the suite's runs; they are marked as published and never enter the Pareto front. The rows are
-turned into text by :mod:`mtpeft_bench.report.tables` (re-exported here: ``render``, ``table``, ...).
+turned into text by :mod:`mtpeft_bench.report.tables` and :mod:`mtpeft_bench.report.document`
+(re-exported here: ``render``, ``table``, ``render_document``, ...).
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from mtpeft_bench.report.baselines import compute_delta
 from mtpeft_bench.model.params import EXTRA_GROUPS
-from mtpeft_bench.report.tables import (FORMATS, csv_table, latex_escape, mean_std, notes, render,  # noqa: F401
-                                 render_document, table)
+from mtpeft_bench.report.significance import annotate
+from mtpeft_bench.report.stats import mean_ci
+from mtpeft_bench.report.document import notes, render_document, seed_warnings  # noqa: F401
+from mtpeft_bench.report.tables import FORMATS, csv_table, latex_escape, render, table  # noqa: F401
 
 
 #: ``--sort`` keys: the row value they sort by and whether larger is better (sorted first).
@@ -106,10 +111,11 @@ def _get(mapping: Mapping[str, Any] | None, *path: str) -> Any:
 
 def _suite_row(key: tuple, recs: Sequence[Mapping[str, Any]], records: Sequence[Mapping[str, Any]],
                baseline_method: str) -> dict[str, Any]:
+    recs = sorted(recs, key=lambda r: (r.get("seed") is None, r.get("seed") or 0, r.get("run_id", "")))
     first = recs[0]
-    row: dict[str, Any] = {
+    row: dict[str, Any] = {  # every per-seed list below is aligned with "seeds"
         "dataset": key[0], "method": key[1], "tasks": list(key[2]), "preset": key[3], "tag": key[4],
-        "seeds": sorted(r.get("seed") for r in recs), "n": len(recs), "metrics": {}, "source": "suite",
+        "seeds": [r.get("seed") for r in recs], "n": len(recs), "metrics": {}, "source": "suite",
         "_method_options": key[6], "_recipe": _recipe_summary(first),
     }
     for task in first.get("tasks", []):
@@ -148,7 +154,7 @@ def _suite_row(key: tuple, recs: Sequence[Mapping[str, Any]], records: Sequence[
 
 def leaderboard(records: Iterable[Mapping[str, Any]], dataset: str | None = None, baseline_method: str = "full",
                 methods: Sequence[str] | None = None, tags: Sequence[str] | None = None,
-                sort: str = "delta_m") -> list[dict[str, Any]]:
+                sort: str = "delta_m", reference_method: str = "full") -> list[dict[str, Any]]:
     """Aggregate completed runs into leaderboard rows (dicts of raw per-seed numbers).
 
     Args:
@@ -158,10 +164,13 @@ def leaderboard(records: Iterable[Mapping[str, Any]], dataset: str | None = None
             among all records of the dataset, also when ``methods`` leaves them out of the table).
         methods, tags: keep only rows of these methods / tags.
         sort: a key of :data:`SORT_KEYS`.
+        reference_method: the method each row's Δm is tested against (paired on shared seeds).
 
     Returns:
         Rows sorted by dataset, then task set (more tasks first), then ``sort``; each row carries
-        ``pareto`` (on the front of its dataset and task set, or None without Δm).
+        ``pareto`` (on the front of its dataset and task set, or None without Δm) and the paired
+        tests ``vs_reference`` and ``vs_best`` of :func:`~mtpeft_bench.report.significance.annotate`
+        (among the rows shown).
     """
     records = [r for r in records if r.get("status") == "completed"]
     if dataset:
@@ -176,6 +185,7 @@ def leaderboard(records: Iterable[Mapping[str, Any]], dataset: str | None = None
     if tags:
         rows = [r for r in rows if r["tag"] in tags]
     mark_pareto(rows)
+    annotate(rows, reference_method)
     return sort_rows(rows, sort)
 
 
@@ -190,7 +200,7 @@ def mark_pareto(rows: Sequence[dict[str, Any]]) -> None:
     for members in sets.values():
         if len(members) < 2:
             continue  # a front of one says nothing
-        points = [(mean_std(r["trainable"])[0], mean_std(r["delta_m"])[0]) for r in members]
+        points = [(mean_ci(r["trainable"]).mean, mean_ci(r["delta_m"]).mean) for r in members]
         for row, mark in zip(members, pareto_front(points)):
             row["pareto"] = mark
 
@@ -207,7 +217,7 @@ def sort_rows(rows: Sequence[dict[str, Any]], sort: str = "delta_m") -> list[dic
         if field == "method":
             value, missing = 0.0, 0
         else:
-            mean = mean_std(row[field])[0]
+            mean = mean_ci(row[field]).mean
             value, missing = (0.0, 1) if mean is None else ((-mean if larger_first else mean), 0)
         return (row["dataset"], row.get("source") != "suite", -len(row["tasks"]), tuple(row["tasks"]), missing,
                 value, row["method"], row.get("tag", ""))

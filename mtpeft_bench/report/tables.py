@@ -1,29 +1,27 @@
 """Leaderboard rows (from :mod:`mtpeft_bench.report.rows`) as text: Markdown, CSV, LaTeX, HTML. Torch-free.
 
-Seeds are shown as mean ± sample standard deviation; optional columns (GFLOPs, memory, images/s,
+Seeds are shown as mean ± the half-width of the 95 % confidence interval of the mean (Student t,
+:mod:`mtpeft_bench.report.stats`); with one seed the interval of a task metric or Δm reads ``± n/a``
+(unavailable, not zero), a cost figure shows its value alone. Where rows of a task set can be
+compared, two columns give the paired tests of Δm (:mod:`mtpeft_bench.report.significance`):
+against the reference method and against the best row. Optional columns (GFLOPs, memory, images/s,
 latency, merged latency, the source of published rows, parameter groups) appear only when some
-row has a value. CSV keeps numbers numeric, with means and standard deviations in separate columns.
+row has a value. CSV keeps numbers numeric, with means, interval half-widths and counts in
+separate columns. The notes under the table are in :mod:`mtpeft_bench.report.document`.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
 from typing import Any, Mapping, Sequence
+
+from mtpeft_bench.report.stats import ALPHA, Estimate, PairedResult, mean_ci
 
 
 FORMATS = ("md", "csv", "latex", "html")
 
-
-def mean_std(values: Sequence[float | None]) -> tuple[float | None, float | None]:
-    """Mean and sample standard deviation (n − 1) of the values that are not None/NaN; std is None for
-    fewer than two values."""
-    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not values:
-        return None, None
-    mean = statistics.fmean(values)
-    std = statistics.stdev(values) if len(values) > 1 else None
-    return mean, std
+#: What an interval that cannot be computed (one seed) reads as.
+UNAVAILABLE = "n/a"
 
 
 def _decimals(value: float, significant: int) -> int:
@@ -32,24 +30,65 @@ def _decimals(value: float, significant: int) -> int:
     return max(0, significant - 1 - math.floor(math.log10(abs(value))))
 
 
-def _fmt(mean: float | None, std: float | None, digits: int = 2, sign: bool = False) -> str:
+def _fmt(estimate: Estimate, digits: int = 2, sign: bool = False, interval: bool = False) -> str:
+    """``mean ± half-width``; ``interval``: a single value reads ``± n/a`` (its interval is unavailable)."""
+    mean, half = estimate.mean, estimate.half_width
     if mean is None:
         return "—"
     if abs(mean) < 0.5 * 10 ** -digits:
         mean = 0.0  # no "-0.00" (a lower-is-better task equal to its baseline gives Δm = -0.0)
     text = f"{mean:+.{digits}f}" if sign else f"{mean:.{digits}f}"
-    return f"{text} ± {std:.{digits}f}" if std is not None else text
+    if half is not None:
+        return f"{text} ± {half:.{digits}f}"
+    return f"{text} ± {UNAVAILABLE}" if interval else text
 
 
-def _fmt_sig(mean: float | None, std: float | None, significant: int = 3) -> str:
-    """Mean to ``significant`` digits, the std to the same decimals (169.4 → ``169``, 0.2676 → ``0.268``)."""
-    if mean is None:
+def _fmt_sig(estimate: Estimate, significant: int = 3) -> str:
+    """Mean to ``significant`` digits, the half-width to the same decimals (169.4 → ``169``, 0.2676 → ``0.268``)."""
+    if estimate.mean is None:
         return "—"
-    return _fmt(mean, std, _decimals(mean, significant))
+    return _fmt(estimate, _decimals(estimate.mean, significant))
 
 
 def _any(rows: Sequence[Mapping[str, Any]], field: str) -> bool:
-    return any(mean_std(r.get(field) or [])[0] is not None for r in rows)
+    return any(mean_ci(r.get(field) or []).mean is not None for r in rows)
+
+
+def p_text(p_value: float) -> str:
+    """A p-value for a table cell: three decimals, ``p<0.001`` below that."""
+    return "p<0.001" if p_value < 0.001 else f"p={p_value:.3f}"
+
+
+def _shared(result: PairedResult) -> str:
+    count = len(result.seeds)
+    return f"{count} shared seed{'' if count == 1 else 's'}"
+
+
+def reference_cell(row: Mapping[str, Any]) -> str:
+    """The paired test of the row's Δm against the reference row: mean difference (row − reference) and p."""
+    test = row.get("vs_reference")
+    if test is None:
+        return ""
+    if test == "reference":
+        return "reference"
+    if test.mean_difference is None:
+        return f"{UNAVAILABLE} (no shared seed)"
+    if not test.testable:
+        return f"{test.mean_difference:+.2f} ({UNAVAILABLE}: {_shared(test)})"
+    return f"{test.mean_difference:+.2f} ({p_text(test.p_value)})"
+
+
+def best_cell(row: Mapping[str, Any]) -> str:
+    """Whether the row's Δm is significantly below the best row's: ``best``, ``≈`` (p ≥ 0.05),
+    ``<`` (p < 0.05) or untested (fewer than two shared seeds)."""
+    test = row.get("vs_best")
+    if test is None:
+        return ""
+    if test == "best":
+        return "best"
+    if not test.testable:
+        return f"untested ({_shared(test)})"
+    return f"{'<' if test.p_value < ALPHA else '≈'} ({p_text(test.p_value)})"
 
 
 def _task_columns(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, bool, str]]:
@@ -69,7 +108,8 @@ def _memory_header(rows: Sequence[Mapping[str, Any]]) -> str:
     return f"{name} (MB) ↓"
 
 
-def _method_cell(row: Mapping[str, Any]) -> str:
+def method_label(row: Mapping[str, Any]) -> str:
+    """The row's name in the table: method, its variant (options or recipe that differ), tag, published mark."""
     text = row["method"] + (f" ({row['variant']})" if row.get("variant") else "") \
         + (f" [{row['tag']}]" if row.get("tag") else "")
     if row.get("source") == "published":
@@ -78,11 +118,12 @@ def _method_cell(row: Mapping[str, Any]) -> str:
 
 
 def _delta_cell(row: Mapping[str, Any]) -> str:
-    text = _fmt(*mean_std(row["delta_m"]), sign=True)
+    estimate = mean_ci(row["delta_m"])
+    text = _fmt(estimate, sign=True, interval=row.get("source") == "suite")
     if text != "—" and row.get("delta_m_baseline") == "reference":
         text += " (ref)"
     published = row.get("delta_m_published")
-    mean = mean_std(row["delta_m"])[0]
+    mean = estimate.mean
     if published is not None and (mean is None or abs(round(mean, 2) - float(published)) >= 0.005):
         text += f" (paper {float(published):+.2f})"
     if row.get("delta_m_flag"):  # a published row whose printed Δm disagrees with its metrics (note below)
@@ -91,7 +132,7 @@ def _delta_cell(row: Mapping[str, Any]) -> str:
 
 
 def _trainable_cell(row: Mapping[str, Any]) -> str:
-    mean = mean_std(row["trainable"])[0]
+    mean = mean_ci(row["trainable"]).mean
     if mean is None:
         return "—"
     return f"{mean / 1e6:.2f}" if row.get("source") == "published" else f"{mean / 1e6:.3f}"
@@ -110,12 +151,18 @@ def _speed(text: str, busy: bool) -> str:
     return f"{text} {BUSY_MARK}" if busy and text != "—" else text
 
 
-def table(rows: Sequence[Mapping[str, Any]], param_groups: bool = False) -> tuple[list[str], list[list[str]]]:
+def _tested(rows: Sequence[Mapping[str, Any]], field: str) -> bool:
+    return any(r.get(field) is not None for r in rows)
+
+
+def table(rows: Sequence[Mapping[str, Any]], param_groups: bool = False,
+          reference_method: str = "full") -> tuple[list[str], list[list[str]]]:
     """Header and string cells of the leaderboard (the Markdown, LaTeX and HTML tables).
 
-    Optional columns appear only when some row has a value: preset and seeds (suite runs), GFLOPs,
-    memory, images/s, latency, merged latency, the source of published rows; ``param_groups`` adds
-    the trainable parameters of each group.
+    Optional columns appear only when some row has a value: preset, seeds and n (suite runs), the
+    paired tests of Δm against ``reference_method`` and against the best row, GFLOPs, memory,
+    images/s, latency, merged latency, the source of published rows; ``param_groups`` adds the
+    trainable parameters of each group.
     """
     task_cols = _task_columns(rows)
     multi_dataset = len({r["dataset"] for r in rows}) > 1
@@ -123,9 +170,15 @@ def table(rows: Sequence[Mapping[str, Any]], param_groups: bool = False) -> tupl
     show = {f: _any(rows, f) for f in ("flops", "latency_ms", "merged_latency_ms", "peak_memory_mb",
                                        "train_images_per_s", "inference_images_per_s")}
     suite = any(r.get("source") == "suite" for r in rows)
-    header = (["dataset"] if multi_dataset else []) + ["method", "tasks"] + (["preset", "seeds"] if suite else [])
+    header = (["dataset"] if multi_dataset else []) + ["method", "tasks"] + (["preset", "seeds", "n"] if suite else [])
     header += [f"{t} {n} {'↑' if hib else '↓'}" + (f" ({u})" if u and u != "%" else "") for t, n, hib, u in task_cols]
-    header += ["Δm % ↑", "Pareto", "trainable (M) ↓"]
+    header += ["Δm % ↑"]
+    tests = {field: _tested(rows, field) for field in ("vs_reference", "vs_best")}
+    if tests["vs_reference"]:
+        header.append(f"Δm − {reference_method} (paired)")
+    if tests["vs_best"]:
+        header.append("vs best Δm")
+    header += ["Pareto", "trainable (M) ↓"]
     if param_groups:
         header += ["method (M)", "extras (M)", "linears (M)", "decoder (M)"]
     if show["flops"]:
@@ -143,36 +196,41 @@ def table(rows: Sequence[Mapping[str, Any]], param_groups: bool = False) -> tupl
     cells = []
     for row in rows:
         line = ([row["dataset"]] if multi_dataset else []) + [
-            _method_cell(row),
+            method_label(row),
             ",".join(row["tasks"]) if len(row["tasks"]) < 4 else f"{len(row['tasks'])} tasks",
-        ] + ([row["preset"] or "", ",".join(str(s) for s in row["seeds"])] if suite else [])
+        ] + ([row["preset"] or "", ",".join(str(s) for s in row["seeds"]), str(row["n"] or "")] if suite else [])
         for task, name, _, unit in task_cols:
             m = row["metrics"].get(task)
             line.append("" if m is None or m["name"] != name else
-                        _fmt(*mean_std(m["values"]), digits=4 if unit == "m" else 2))
+                        _fmt(mean_ci(m["values"]), digits=4 if unit == "m" else 2,
+                             interval=row.get("source") == "suite"))
         line.append(_delta_cell(row))
+        if tests["vs_reference"]:
+            line.append(reference_cell(row))
+        if tests["vs_best"]:
+            line.append(best_cell(row))
         line.append({True: "★", False: "", None: ""}[row.get("pareto")])
         line.append(_trainable_cell(row))
         if param_groups:
             for group in ("method", "extras", "linears", "decoder"):
-                mean = mean_std(row["param_groups"].get(group) or [])[0]
+                mean = mean_ci(row["param_groups"].get(group) or []).mean
                 line.append("—" if mean is None else f"{mean / 1e6:.3f}")
         if show["flops"]:
-            flops = mean_std(row["flops"])[0]
-            line.append("—" if flops is None else _fmt_sig(flops / 1e9, None))
+            flops = mean_ci(row["flops"]).mean
+            line.append("—" if flops is None else _fmt_sig(Estimate(flops / 1e9, None, 1)))
         if show["peak_memory_mb"]:
-            memory = _fmt(*mean_std(row["peak_memory_mb"]), digits=0)
+            memory = _fmt(mean_ci(row["peak_memory_mb"]), digits=0)
             if mixed_memory and memory != "—":
                 memory += {"cpu_peak_rss": " (RSS)", "cuda_max_allocated": " (CUDA)"}.get(row.get("memory_kind"), "")
             line.append(memory)
         busy = measured_busy(row)
         for field in ("train_images_per_s", "inference_images_per_s"):
             if show[field]:
-                line.append(_speed(_fmt(*mean_std(row[field]), digits=1), busy))
+                line.append(_speed(_fmt(mean_ci(row[field]), digits=1), busy))
         if show["latency_ms"]:
-            line.append(_speed(_fmt_sig(*mean_std(row["latency_ms"])), busy))
+            line.append(_speed(_fmt_sig(mean_ci(row["latency_ms"])), busy))
         if show["merged_latency_ms"]:
-            line.append(_speed(_fmt_sig(*mean_std(row["merged_latency_ms"])), busy))
+            line.append(_speed(_fmt_sig(mean_ci(row["merged_latency_ms"])), busy))
         if has_published:
             line.append("suite" if row.get("source") == "suite" else row.get("source_label", "published"))
         cells.append(line)
@@ -187,21 +245,41 @@ def _number(value: Any) -> Any:
     return value
 
 
+def _estimate_cells(values: Sequence[float | None], counted: bool) -> list[Any]:
+    """Mean, interval half-width and (``counted``) the number of values, as CSV cells."""
+    estimate = mean_ci(values)
+    return [_number(estimate.mean), _number(estimate.half_width)] + ([estimate.n] if counted else [])
+
+
+def _test_cells(test: Any) -> list[Any]:
+    """Mean paired difference, p and shared seeds of a paired test as CSV cells (its role, if it is one)."""
+    if test is None:
+        return ["", "", ""]
+    if isinstance(test, str):
+        return [test, "", ""]
+    return [_number(test.mean_difference), _number(test.p_value), ";".join(str(s) for s in test.seeds)]
+
+
 def csv_table(rows: Sequence[Mapping[str, Any]], param_groups: bool = False) -> tuple[list[str], list[list[Any]]]:
-    """Header and numeric cells for CSV: means and standard deviations in separate columns, full
-    parameter counts and FLOPs, no formatting."""
+    """Header and numeric cells for CSV: means, 95 % interval half-widths (``.ci95``, empty with one
+    value) and, for the task metrics and Δm, the number of values (``.n``) in separate columns; the
+    paired tests of Δm (``delta_m.vs_reference``/``delta_m.vs_best``: mean difference, ``.p``,
+    ``.seeds``, or the row's role ``reference``/``best``); full parameter counts and FLOPs."""
     task_cols = _task_columns(rows)
     header = ["method", "variant", "tasks", "preset", "seeds", "n", "tag", "dataset", "source", "verified"]
     for task, name, _, _ in task_cols:
-        header += [f"{task}.{name}", f"{task}.{name}.std"]
-    header += ["delta_m", "delta_m.std", "delta_m_baseline", "delta_m_published", "pareto", "trainable"]
+        header += [f"{task}.{name}", f"{task}.{name}.ci95", f"{task}.{name}.n"]
+    header += ["delta_m", "delta_m.ci95", "delta_m.n"]
+    for test in ("vs_reference", "vs_best"):
+        header += [f"delta_m.{test}", f"delta_m.{test}.p", f"delta_m.{test}.seeds"]
+    header += ["delta_m_baseline", "delta_m_published", "pareto", "trainable"]
     if param_groups:
         header += [f"trainable.{g}" for g in ("method", "extras", "linears", "decoder")]
-    header += ["flops_per_image", "peak_memory_mb", "peak_memory_mb.std", "memory_kind"]
+    header += ["flops_per_image", "peak_memory_mb", "peak_memory_mb.ci95", "memory_kind"]
     timed = ("train_images_per_s", "inference_images_per_s", "latency_ms", "merged_latency_ms",
              "unmerged_images_per_s", "merged_images_per_s")
     for field in timed:
-        header += [field, f"{field}.std"]
+        header += [field, f"{field}.ci95"]
     # Only where some record carries the reading, so tables of older records keep their columns.
     with_load = any(flag is not None for row in rows for flag in row.get("busy") or [])
     if with_load:
@@ -215,21 +293,22 @@ def csv_table(rows: Sequence[Mapping[str, Any]], param_groups: bool = False) -> 
                            ("true" if row.get("verified") else "false") if published else ""]
         for task, name, _, _ in task_cols:
             m = row["metrics"].get(task)
-            line += ["", ""] if m is None or m["name"] != name else [_number(v) for v in mean_std(m["values"])]
-        line += [_number(v) for v in mean_std(row["delta_m"])]
+            line += ["", "", ""] if m is None or m["name"] != name else _estimate_cells(m["values"], True)
+        line += _estimate_cells(row["delta_m"], True)
+        line += _test_cells(row.get("vs_reference")) + _test_cells(row.get("vs_best"))
         line += [row.get("delta_m_baseline") or "", _number(row.get("delta_m_published")),
                  {True: "true", False: "false", None: ""}[row.get("pareto")]]
-        trainable = mean_std(row["trainable"])[0]
+        trainable = mean_ci(row["trainable"]).mean
         line.append("" if trainable is None else int(round(trainable)))
         if param_groups:
             for group in ("method", "extras", "linears", "decoder"):
-                mean = mean_std(row["param_groups"].get(group) or [])[0]
+                mean = mean_ci(row["param_groups"].get(group) or []).mean
                 line.append("" if mean is None else int(round(mean)))
-        flops = mean_std(row["flops"])[0]
+        flops = mean_ci(row["flops"]).mean
         line.append("" if flops is None else int(round(flops)))
-        line += [_number(v) for v in mean_std(row["peak_memory_mb"])] + [row.get("memory_kind") or ""]
+        line += _estimate_cells(row["peak_memory_mb"], False) + [row.get("memory_kind") or ""]
         for field in timed:
-            line += [_number(v) for v in mean_std(row[field])]
+            line += _estimate_cells(row[field], False)
         if with_load:
             flags = [flag for flag in row.get("busy") or [] if flag is not None]
             line.append(("true" if any(flags) else "false") if flags else "")
@@ -240,7 +319,7 @@ def csv_table(rows: Sequence[Mapping[str, Any]], param_groups: bool = False) -> 
 _LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
 _LATEX_SYMBOLS = {"±": r"$\pm$", "↑": r"$\uparrow$", "↓": r"$\downarrow$", "Δ": r"$\Delta$", "★": r"$\star$",
-                  "—": "--", "²": r"$^2$",
+                  "—": "--", "²": r"$^2$", "≈": r"$\approx$", "−": r"$-$", "<": r"$<$",
                   BUSY_MARK: r"$^\dagger$"}
 
 
@@ -268,7 +347,8 @@ def _html(header: Sequence[str], cells: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def render(rows: Sequence[Mapping[str, Any]], fmt: str = "md", param_groups: bool = False) -> str:
+def render(rows: Sequence[Mapping[str, Any]], fmt: str = "md", param_groups: bool = False,
+           reference_method: str = "full") -> str:
     """The leaderboard table alone as Markdown, CSV, LaTeX (booktabs) or HTML."""
     if fmt == "csv":
         import csv
@@ -280,7 +360,7 @@ def render(rows: Sequence[Mapping[str, Any]], fmt: str = "md", param_groups: boo
         writer.writerow(header)
         writer.writerows(cells)
         return buffer.getvalue()
-    header, cells = table(rows, param_groups)
+    header, cells = table(rows, param_groups, reference_method)
     if fmt == "latex":
         return _latex(header, cells)
     if fmt == "html":
@@ -290,67 +370,3 @@ def render(rows: Sequence[Mapping[str, Any]], fmt: str = "md", param_groups: boo
     from tabulate import tabulate
 
     return tabulate(cells, headers=header, tablefmt="github", disable_numparse=True) + "\n"
-
-
-def notes(rows: Sequence[Mapping[str, Any]], baseline_method: str) -> list[str]:
-    """What a reader needs to read the table: Δm, Pareto, the measurements, and each published source."""
-    out = [f"Δm: mean relative change of each task's primary metric vs single-task runs of '{baseline_method}' "
-           "with the same recipe; '(ref)': vs published single-task baselines. Mean ± sample std over seeds.",
-           "Pareto ★: no other run of the same dataset and task set has fewer trainable parameters and a higher Δm "
-           "(published rows excluded).",
-           "GFLOPs: forward FLOPs per image at batch 1 (torch FlopCounterMode: matmuls and convolutions only). "
-           "Images/s: model compute after warm-up. Latency: median forward at batch 1."]
-    # Why a Δm cell is empty, once per reason (the methods it concerns first).
-    missing: dict[str, list[str]] = {}
-    for row in rows:
-        if row.get("delta_m_missing") and all(v is None for v in row.get("delta_m") or [None]):
-            name = _method_cell(row)
-            missing.setdefault(row["delta_m_missing"], [])
-            if name not in missing[row["delta_m_missing"]]:
-                missing[row["delta_m_missing"]].append(name)
-    out += [f"Δm — for {', '.join(names)}: {reason}." for reason, names in missing.items()]
-    busy = [_method_cell(row) for row in rows if measured_busy(row)]
-    if busy:
-        out.append(f"{BUSY_MARK} speed measured on a busy machine (other jobs' load, or a low CPU share of the run; "
-                   f"see efficiency.load in the result files): {', '.join(busy)}.")
-    published = [r for r in rows if r.get("source") == "published"]
-    if published:
-        out.append("Published rows: numbers as given by the sources below (not run by this suite; their protocol "
-                   "may differ); Δm recomputed from their metrics against the published single-task baselines, "
-                   "'(paper x)' where the source states another Δm; 'unverified': the numbers could not be checked "
-                   "against the paper.")
-        seen = []
-        for row in published:
-            if row.get("source_label") not in [s for s, _ in seen]:
-                seen.append((row.get("source_label"), row.get("citation")))
-        out += [f"{label}: {citation}" for label, citation in seen]
-        out += [f"{r['method']}: {r['note']}" for r in published if r.get("note")]
-    return out
-
-
-def render_document(rows: Sequence[Mapping[str, Any]], fmt: str = "md", baseline_method: str = "full",
-                    param_groups: bool = False) -> str:
-    """What ``mtbench compare`` prints: Markdown and HTML get a section per dataset and the notes;
-    CSV one table; LaTeX one table with the notes as comments."""
-    if fmt == "csv":
-        return render(rows, "csv", param_groups)
-    if fmt == "latex":
-        comments = "".join(f"% {latex_escape(line)}\n" for line in notes(rows, baseline_method))
-        return comments + render(rows, "latex", param_groups)
-    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
-    parts = []
-    for name in datasets:
-        sub = [r for r in rows if r["dataset"] == name]
-        if fmt == "html":
-            from html import escape
-
-            parts.append(f"<h2>{escape(name)}</h2>\n" + render(sub, "html", param_groups))
-        else:
-            parts.append(f"## {name}\n\n" + render(sub, "md", param_groups))
-    if fmt == "html":
-        from html import escape
-
-        parts.append("".join(f"<p>{escape(line)}</p>\n" for line in notes(rows, baseline_method)))
-        return "\n".join(parts)
-    parts.append("".join(f"- {line}\n" for line in notes(rows, baseline_method)))
-    return "\n".join(parts)

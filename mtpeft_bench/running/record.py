@@ -2,11 +2,18 @@
 (parameters, memory, speed, FLOPs, latency), where it ran (environment, git state), its identity
 (``config_hash``, ``recipe_key``) and its Δm against single-task baselines; written atomically
 into the results folder (results.py holds the format and the writer).
+
+Records are committed to the repository and shared, so they carry no absolute path of the machine
+that made them: the path settings of the configuration (:data:`PATH_SETTINGS`) and the run folder
+(``execution.run_dir``) are stored relative to the results folder the record is written into
+(``out`` itself is ``"."``); :func:`mtpeft_bench.results.stored_path` turns them back into paths,
+and also reads the absolute paths of records written before.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import platform
 import subprocess
 import time
@@ -15,6 +22,23 @@ from typing import Any, Mapping
 
 from mtpeft_bench.config import RunConfig, config_hash
 from mtpeft_bench.running.setup import ResolvedRun, plain_fields
+
+
+#: Configuration settings that hold paths (none of them is part of a run's identity, config.NOT_IDENTITY).
+PATH_SETTINGS = ("out", "runs_dir", "data_root")
+
+
+def relative_to_results(path: str | os.PathLike | None, out: Path) -> str | None:
+    """``path`` relative to the results folder ``out``, with ``/`` separators (None stays None)."""
+    if path is None or path == "":
+        return None
+    absolute = Path(os.path.abspath(Path(path).expanduser()))
+    return Path(os.path.relpath(absolute, os.path.abspath(Path(out).expanduser()))).as_posix()
+
+
+def portable_config(stored: dict[str, Any], out: Path) -> dict[str, Any]:
+    """The stored configuration with its path settings relative to the results folder ``out``."""
+    return {**stored, **{key: relative_to_results(stored.get(key), out) for key in PATH_SETTINGS if key in stored}}
 
 
 def recipe_key(resolved: ResolvedRun, weights: Mapping[str, Any], world_size: int = 1) -> str:
@@ -140,7 +164,7 @@ def build_record(resolved: ResolvedRun, run_hash: str, ctx: Any, device: Any, se
         "wall_time_s": round(session.elapsed_before + time.time() - started, 2),
         "method": cfg.method, "dataset": cfg.dataset, "dataset_version": resolved.dataset.version,
         "tasks": resolved.tasks, "seed": cfg.seed, "preset": cfg.preset, "tag": cfg.tag,
-        "config": resolved.stored_config(),
+        "config": portable_config(resolved.stored_config(), Path(cfg.out)),
         "method_config": plain_fields(resolved.method_cfg), "data_config": plain_fields(resolved.dataset.config),
         "config_hash": run_hash, "recipe_key": recipe_key(resolved, training.weights, ctx.world_size),
         "task_specs": task_specs_record(resolved.task_specs),
@@ -152,19 +176,20 @@ def build_record(resolved: ResolvedRun, run_hash: str, ctx: Any, device: Any, se
         "history": fit.history,
         "execution": {
             "world_size": ctx.world_size, "backend": ctx.backend, "sync_bn": bool(cfg.sync_bn and ctx.distributed),
-            "sessions": session.sessions, "resumed_from": session.resumed_from, "run_dir": str(session.folder),
+            "sessions": session.sessions, "resumed_from": session.resumed_from,
+            "run_dir": relative_to_results(session.folder, Path(cfg.out)),
         },
         "environment": environment(device),
     }
 
 
 def write_result(out: Path, record: dict[str, Any]) -> Path:
-    """Add Δm (against the single-task baselines among the records under ``out`` and this one), write
-    the record into ``out`` and note its path in ``record["_path"]``."""
+    """Add Δm (against the single-task baselines among the records under ``out`` scored on the same
+    split, and this one), write the record into ``out`` and note its path in ``record["_path"]``."""
     from mtpeft_bench.report.baselines import compute_delta
-    from mtpeft_bench.results import read_records, write_record
+    from mtpeft_bench.results import eval_split, read_records, select_split, write_record
 
-    others = read_records(out)
+    others = select_split(read_records(out), eval_split(record))[0]  # never a holdout baseline for a val run
     record["delta_m"] = compute_delta(record, [*others, record])
     path = write_record(out, record)
     record["_path"] = str(path)
