@@ -176,3 +176,49 @@ def test_protocol_sweep_extends_plans_and_skips_what_exists(tmp_path, fake_train
     count = len(fake_training)
     assert ProtocolSweep(protocol, out, score=peaked_at(4)).run(lambda line: None).completed == 0
     assert len(fake_training) == count and plan_counts(sweep)["to_run"] == 0
+
+
+# -- end to end, with real (tiny) training -------------------------------------------------------
+
+def test_tiny_protocol_end_to_end(tmp_path, capsys, monkeypatch, one_thread):
+    """Two rows, two rates, one seed: the selection trains on 8 images and scores on the 4 held out
+    (val is never built for it), every row and baseline shares the protocol's baselines for Δm, and a
+    second invocation trains nothing."""
+    from mtpeft_bench.tasks.synth.dataset import SynthDataset
+
+    built = []
+    original = SynthDataset.build
+
+    def spy(self, split, *args, **kwargs):
+        dataset = original(self, split, *args, **kwargs)
+        built.append((self.config.holdout, split, len(dataset)))
+        return dataset
+
+    monkeypatch.setattr(SynthDataset, "build", spy)
+    protocol, out = write_protocol(tmp_path), tmp_path / "results" / "tiny"
+    command = ["sweep", "--protocol", str(protocol), "--out", str(out), "--no-progress"]
+    code, _, err = run_cli([*command, "--plan"], capsys)
+    assert code == 0 and "phase 1 (rate selection): 4 runs: 0 completed, 0 diverged, 4 to run" in err
+    assert not out.exists()  # the plan writes nothing
+    code, _, err = run_cli(command, capsys)
+    assert code == 0, err
+    realised = yaml.safe_load((out / "protocol.yaml").read_text())
+    chosen = {row: realised["rows"][row]["chosen_multiplier"] for row in ("full", "decoder_only")}
+    assert set(chosen.values()) <= {1, 2} and realised["complete"]
+    assert realised["rows"]["full"]["grid"][0]["score"] == 0.0  # the reference scored against itself
+    held = [b for b in built if b[0] == 4]
+    assert sorted(held) == [(4, "holdout", 4)] * 4 + [(4, "train", 8)] * 4  # 4 selection runs, never val
+    records = [json.loads(p.read_text()) for p in out.rglob("*.json")]
+    selection = [r for r in records if r["lr_selection"]["rule"] == "selection"]
+    assert len(selection) == 4 and all(r["eval_split"] == "holdout" for r in selection)
+    board = [r for r in records if r["lr_selection"]["rule"] != "selection"]
+    for r in board:
+        row = r["lr_selection"]["row"]
+        expected = 1 if r["tag"] == "default-lr" else chosen[row]
+        assert r["eval_split"] == "val" and r["lr_selection"]["multiplier"] == expected
+    rows = [r for r in board if len(r["tasks"]) == 2]
+    assert {r["method"] for r in rows} == {"full", "decoder_only"}
+    # every row finds the protocol's single-task baselines (run at full's chosen rate) for Δm
+    assert all(r["delta_m"]["baseline"]["source"] == "suite" for r in rows if r["tag"] == "")
+    code, _, err = run_cli([*command, "--plan"], capsys)
+    assert code == 0 and "4 completed, 0 diverged, 0 to run" in err and "estimate: 0 runs" in err
