@@ -74,6 +74,10 @@ def test_unknown_protocol_and_options_the_protocol_fixes(capsys, tmp_path):
     assert code == 2 and "leave out --method, --seeds" in one_error_line(err)
     code, _, err = run_cli(["sweep", "--protocol", "synth", "--set", "epochs=1", "--plan"], capsys)
     assert code == 2 and "--set epochs=... would change the protocol's runs" in one_error_line(err)
+    code, _, err = run_cli(["sweep", "--protocol", "synth", "--print-commands"], capsys)
+    assert code == 2 and "--print-commands cannot print a protocol's runs ahead" in one_error_line(err)
+    code, _, err = run_cli(["sweep", "--plan"], capsys)
+    assert code == 2 and "add --protocol NAME" in one_error_line(err)
 
 
 # -- the selection rule -------------------------------------------------------------------------

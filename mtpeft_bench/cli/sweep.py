@@ -56,12 +56,12 @@ def sweep(method, dataset, old_methods, old_datasets, seeds, print_commands, npr
     scheduler may re-issue one after a preemption).
     """
     if protocol or plan_only:
-        from mtpeft_bench.running.protocol_sweep import protocol_command
+        from mtpeft_bench.cli.sweep_protocol import protocol_command
 
         context = click.get_current_context()
         given = [name for name in context.params
                  if context.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE]
-        return protocol_command(protocol, plan_only, given, options)
+        return protocol_command(protocol, plan_only, given, options, jobs)
     from mtpeft_bench.config import parse_sets
     from mtpeft_bench.running.summary import LOG, print_summary
     from mtpeft_bench.running.sweep import (busy_machine_warning, classify, expand, run_grid, start_jobs,

@@ -203,6 +203,8 @@ class ProtocolSweep:
         while True:
             state = self.state()
             write_realised(self.out / REALISED_NAME, realised(self, state))
+            if state.reference.status == "diverged":
+                break  # nothing can be scored against it
             selection = self._todo([self.point(s) for s in state.selection_todo])
             if selection and self._run(selection, "rate selection", outcome, echo, show):
                 continue  # new scores: extensions or choices may follow before phase 2
@@ -213,6 +215,7 @@ class ProtocolSweep:
         write_realised(self.out / REALISED_NAME, realised(self, state))
         outcome.pending = [name for name, c in state.choices.items() if c.status == "pending"]
         outcome.unchosen = [name for name, c in state.choices.items() if c.status == "failed"]
+        outcome.reference_diverged = state.reference.status == "diverged"
         return outcome
 
     def _todo(self, points: list[Any]) -> list[Any]:
@@ -250,6 +253,7 @@ class Outcome:
     elsewhere: list[str] = field(default_factory=list)
     pending: list[str] = field(default_factory=list)  # rows whose rate is not chosen yet
     unchosen: list[str] = field(default_factory=list)  # rows where every rate diverged
+    reference_diverged: bool = False
     times: list[float] = field(default_factory=list)
     remaining: int = 0
 
@@ -281,78 +285,3 @@ def mean(values: list[float]) -> float:
 def format_hours(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
 
-
-#: ``mtbench sweep`` options a protocol fixes itself (its file says them): refused beside ``--protocol``.
-FIXED_BY_PROTOCOL = {"method": "--method", "dataset": "--dataset", "old_methods": "--methods",
-                     "old_datasets": "--datasets", "seeds": "--seeds", "tasks": "--tasks", "preset": "--preset",
-                     "backbone": "--backbone", "weights": "--weights", "epochs": "--epochs",
-                     "batch_size": "--batch-size", "tag": "--tag", "print_commands": "--print-commands",
-                     "nproc_per_node": "--nproc-per-node", "nnodes": "--nnodes", "jobs": "--jobs"}
-
-
-def protocol_command(name: str | None, plan_only: bool, given: list[str], options: Mapping[str, Any]) -> None:
-    """``mtbench sweep --protocol NAME [--plan]``: print the plan, then (unless ``plan_only``) run it.
-
-    Args:
-        given: the sweep options given on the command line (those a protocol fixes are refused).
-        options: the run options (only the data root, device, progress, ``--out`` and ``--set`` of
-            settings outside a run's identity apply).
-
-    Raises:
-        UserError: no protocol, an option the protocol fixes, a ``--set`` that changes the runs.
-        click.ClickException: some run failed (after the others ran).
-    """
-    import os
-
-    import click
-
-    from mtpeft_bench.cli.options import config_fields
-    from mtpeft_bench.config import NOT_IDENTITY, parse_sets
-    from mtpeft_bench.errors import UserError
-    from mtpeft_bench.running.protocol import load_protocol
-    from mtpeft_bench.running.protocol_report import plan_lines
-    from mtpeft_bench.running.summary import LOG, print_summary
-    from mtpeft_bench.running.sweep import busy_machine_warning
-    from mtpeft_bench.train.distributed import env_world_size
-
-    if not name:
-        raise UserError("--plan prints the plan of a protocol; add --protocol NAME (e.g. --protocol synth)")
-    fixed = [flag for key, flag in FIXED_BY_PROTOCOL.items() if key in given]
-    if fixed:
-        raise UserError(f"--protocol sets the methods, seeds and recipe itself; leave out {', '.join(fixed)} "
-                        "(to change them, copy the protocol file, edit it and pass its path to --protocol)")
-    sets = parse_sets(options.get("sets") or ())
-    changing = [key for key in sets if key not in NOT_IDENTITY]
-    if changing:
-        raise UserError(f"--set {changing[0]}=... would change the protocol's runs; beside --protocol, --set takes "
-                        f"only settings outside a run's identity ({', '.join(sorted(NOT_IDENTITY - {'lr_selection', 'out', 'tag'}))}); "
-                        "to change the recipe, copy the protocol file and edit its settings")
-    protocol = load_protocol(name)
-    out = Path(options.get("out") or Path("results") / protocol.name)
-    fields = config_fields({k: options.get(k) for k in ("data_root", "device", "no_progress")})
-    sweep = ProtocolSweep(protocol, out, fields, sets, world_size=env_world_size())
-    main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 speaks for all
-
-    def echo(message: str) -> None:
-        if main_process:
-            LOG.info(message)
-
-    for line in plan_lines(sweep):
-        echo(line)
-    if plan_only:
-        return
-    warning = busy_machine_warning()
-    if warning:
-        echo(warning)
-    outcome = sweep.run(echo, show=print_summary)
-    echo(f"protocol: {outcome.completed} run(s) completed now, {len(outcome.failed)} failed"
-         + (f", {len(outcome.elsewhere)} running in another sweep (it finishes them)" if outcome.elsewhere else ""))
-    if outcome.pending:
-        echo(f"protocol: the rate of {', '.join(outcome.pending)} is not chosen yet (runs failed or run elsewhere); "
-             "run the same command again to continue")
-    if outcome.unchosen:
-        echo(f"protocol: every rate of {', '.join(outcome.unchosen)} diverged; these rows are left out")
-    if outcome.failed:
-        names = ", ".join(label for label, _ in outcome.failed)
-        raise click.ClickException(f"{len(outcome.failed)} protocol run(s) failed ({names}); see the messages "
-                                   "above and the run folders' run.json")
