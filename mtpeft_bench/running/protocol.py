@@ -187,6 +187,8 @@ def parse_protocol(data: Any, source: str) -> Protocol:
         if extra.row not in names or extra.rate not in ("chosen", "default") or not extra.tag:
             raise UserError(f"{where}: extras[{i}] must name a row ({', '.join(names)}), a non-empty tag and "
                             f"rate chosen or default")
+        if any((e.row, e.tag) == (extra.row, extra.tag) for e in extras):
+            raise UserError(f"{where}: extras[{i}] repeats row {extra.row} with tag {extra.tag}")
         extras.append(extra)
     base = _need(data, "baselines", Mapping, where, {})
     protocol = Protocol(

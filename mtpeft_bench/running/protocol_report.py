@@ -153,8 +153,8 @@ def plan_lines(sweep: ProtocolSweep) -> list[str]:
                  f"{c['diverged']} diverged, {c['selection_to_run']} to run"
                  + (f"; up to {c['extension_room']} more where a best rate lies on a grid edge" if c["extension_room"]
                     else ""))
-    lines.append(f"phase 2 (leaderboard): {c['phase2']} runs ({c['rows']} row, {c['baselines']} baseline and "
-                 f"{c['extras']} extra runs of the rows chosen so far, {c['waiting']} more waiting for a rate): "
+    lines.append(f"phase 2 (leaderboard): {c['phase2']} runs: {c['rows']} row, {c['baselines']} baseline and "
+                 f"{c['extras']} extra runs ready, {c['waiting']} waiting for their row's rate; "
                  f"{c['phase2_done']} completed, {c['phase2'] - c['phase2_done']} to run")
     if c["wall_times"]:
         each = sum(c["wall_times"]) / len(c["wall_times"])

@@ -197,12 +197,19 @@ class ProtocolSweep:
     def run(self, echo: Callable[[str], None], show: Callable[[Any], None] = lambda result: None) -> "Outcome":
         """Run phase 1 until every row's rate is chosen, phase 2 for the rows chosen; again while a
         round completed something (another sweep may have finished what this one waited for)."""
+        import os
+
         from mtpeft_bench.running.protocol_report import realised, write_realised
+
+        def record_state() -> State:
+            state = self.state()
+            if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 writes the file
+                write_realised(self.out / REALISED_NAME, realised(self, state))
+            return state
 
         outcome = Outcome()
         while True:
-            state = self.state()
-            write_realised(self.out / REALISED_NAME, realised(self, state))
+            state = record_state()
             if state.reference.status == "diverged":
                 break  # nothing can be scored against it
             selection = self._todo([self.point(s) for s in state.selection_todo])
@@ -211,8 +218,7 @@ class ProtocolSweep:
             leaderboard = self._todo(self.phase2_points(state))
             if not (leaderboard and self._run(leaderboard, "leaderboard", outcome, echo, show)):
                 break
-        state = self.state()
-        write_realised(self.out / REALISED_NAME, realised(self, state))
+        state = record_state()
         outcome.pending = [name for name, c in state.choices.items() if c.status == "pending"]
         outcome.unchosen = [name for name, c in state.choices.items() if c.status == "failed"]
         outcome.reference_diverged = state.reference.status == "diverged"
