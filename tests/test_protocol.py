@@ -226,3 +226,16 @@ def test_tiny_protocol_end_to_end(tmp_path, capsys, monkeypatch, one_thread):
     assert all(r["delta_m"]["baseline"]["source"] == "suite" for r in rows if r["tag"] == "")
     code, _, err = run_cli([*command, "--plan"], capsys)
     assert code == 0 and "4 completed, 0 diverged, 0 to run" in err and "estimate: 0 runs" in err
+
+
+def test_lr_selection_is_stored_but_not_identity():
+    """A record's configuration, lr_selection included, resolves again (as reproducing a run does),
+    and the provenance does not change what the run is."""
+    from mtpeft_bench.config import config_hash, resolve
+
+    provenance = {"protocol": "synth", "row": "lora-r8", "rule": "chosen", "multiplier": 2.0}
+    with_it = resolve("smoke", {}, {"lr_selection": provenance})
+    assert with_it.lr_selection == provenance
+    assert config_hash(with_it) == config_hash(resolve("smoke", {}, {}))
+    with pytest.raises(UserError, match="lr_selection must be a mapping"):
+        resolve("smoke", {}, {"lr_selection": "x"})
