@@ -11,6 +11,8 @@ Presets:
   runs end to end (under 2 minutes on 2 CPU cores), not a result.
 - ``cpu``: a run worth reading on a CPU: the mini Swin (``swin_mini``) with its built-in
   pretrained weights at the dataset's native size on ``synth``; works offline.
+- ``bench``: the recipe of the leaderboard protocol (``mtpeft_bench/protocols/synth.yaml``,
+  docs/leaderboard.md); for now the values of ``cpu``, until the noise study sets its own.
 - ``paper``: the published recipe (docs/protocol.md 4.4): Swin-T, 448 px, 300 epochs, batch 32,
   AdamW 5e-4 × batch/512, 20 warm-up epochs then cosine, weight decay 0.05, drop-path 0.2,
   gradient clipping 5, AMP.
@@ -78,6 +80,9 @@ class RunConfig:
     data_root: str | None = None
     out: str = "results"
     tag: str = ""
+    # where the learning rate came from when a leaderboard protocol chose it (running/lr_selection.py):
+    # protocol, row, rule, multiplier, grid; stored in the record, not part of the identity
+    lr_selection: dict[str, Any] | None = None
     # plugin options
     method_options: dict[str, Any] = field(default_factory=dict)
     data_options: dict[str, Any] = field(default_factory=dict)
@@ -100,12 +105,20 @@ PRESETS: dict[str, dict[str, Any]] = {
         epochs=10, batch_size=16, base_lr=2e-4 * 512 / 16, warmup_lr=2e-7 * 512 / 16, min_lr=2e-6 * 512 / 16,
         warmup_epochs=1, eval_every=5, num_workers=2, amp=False,
     ),
+    # the leaderboard protocol's recipe (protocols/synth.yaml); the cpu values until the noise study
+    # of the leaderboard sets its own
+    "bench": dict(
+        backbone="swin_mini", weights="builtin", image_size=None, drop_path=0.1,
+        epochs=10, batch_size=16, base_lr=2e-4 * 512 / 16, warmup_lr=2e-7 * 512 / 16, min_lr=2e-6 * 512 / 16,
+        warmup_epochs=1, eval_every=5, num_workers=2, amp=False,
+    ),
     "paper": dict(),
 }
 
 PRESET_HELP = {
     "smoke": "micro Swin, 64 px, built-in pretrained weights, ~200 steps: checks the pipeline (< 2 min on 2 CPU cores)",
     "cpu": "mini Swin at the dataset's size, built-in pretrained weights, 10 epochs: a run worth reading on a CPU",
+    "bench": "the leaderboard protocol's recipe (mtbench sweep --protocol synth); for now the cpu preset's values",
     "paper": "the published recipe: Swin-T, 448 px, 300 epochs, batch 32, AdamW 5e-4×batch/512",
 }
 
@@ -114,8 +127,9 @@ PRESET_HELP = {
 # configuration hash, may change between the sessions of one resumed run, and are not named when
 # a resumed run's configuration is compared with the new one (running/resume.py). Changing this set
 # changes every configuration hash: old runs would no longer resume or be skipped as completed.
+# (A setting added to RunConfig and to this set at once leaves every existing hash as it was.)
 NOT_IDENTITY = frozenset({"out", "tag", "data_root", "device", "num_workers", "progress", "checkpoint_every",
-                          "runs_dir", "measure_repeats", "measure_warmup"})
+                          "runs_dir", "measure_repeats", "measure_warmup", "lr_selection"})
 
 # Settings added after runs were first recorded, with the value that reproduces what came before. At
 # that value a setting is left out of the configuration hash, so adding a setting to RunConfig does
@@ -187,6 +201,10 @@ def coerce_value(name: str, value: Any, annotation: str) -> Any:
             raise UserError("--tasks names no task; give one or more (e.g. --tasks semseg,depth) "
                             "or leave it out for the dataset's default tasks")
         return tuple(str(v) for v in value)
+    if name == "lr_selection":
+        if value is None or isinstance(value, Mapping):
+            return None if value is None else dict(value)
+        raise UserError(f"lr_selection must be a mapping or null (a protocol sweep sets it), got {value!r}")
     if value is None:
         if "None" in annotation:
             return None

@@ -120,6 +120,8 @@ class DatasetPlugin:
         default_tasks: the task set of the benchmark's headline numbers.
         image_size: (H, W) the protocol trains and evaluates at.
         splits: names accepted by :meth:`build`.
+        eval_split: the split a run evaluates on (``val``; a plugin may make it depend on its
+            options, as ``synth`` does with ``data.holdout``). Result records carry it.
         requires_root: whether the data must exist on disk (False for generated datasets).
         default_preset: the preset ``mtbench run`` uses when none is given.
         reference: name of the file in ``tasks/reference/`` with published numbers, if any.
@@ -137,6 +139,7 @@ class DatasetPlugin:
     default_tasks: ClassVar[tuple[str, ...]] = ()
     image_size: ClassVar[tuple[int, int]] = (448, 448)
     splits: ClassVar[tuple[str, ...]] = ("train", "val")
+    eval_split: str = "val"
     requires_root: ClassVar[bool] = True
     default_preset: ClassVar[str] = "paper"
     reference: ClassVar[str | None] = None

@@ -37,7 +37,7 @@ dataset_option = click.option("--dataset", "-d", default="synth", show_default=T
 RUN_OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
     "tasks": (("--tasks", "-t"), dict(default=None, help="Comma-separated tasks (default: the dataset's task set).")),
     "preset": (("--preset", "-p"),
-               dict(default=None, help="smoke | cpu | paper (default: the dataset's default preset).")),
+               dict(default=None, help="smoke | cpu | bench | paper (default: the dataset's default preset).")),
     "backbone": (("--backbone",), dict(default=None, help="timm Swin name or swin_micro (overrides the preset).")),
     "weights": (("--weights",), dict(default=None, help="none | timm | builtin | PATH to a checkpoint.")),
     "epochs": (("--epochs",), dict(type=int, default=None, help="Training epochs (overrides the preset).")),

@@ -19,6 +19,7 @@ Examples:
   mtbench sweep --method ditask,lora,mtlora --dataset pascal_mt --seeds 0-2 --data-root ~/data
   mtbench sweep --method full,lora --dataset synth --seeds 0-3 --preset smoke --jobs 2   # two runs at a time
   mtbench sweep --method ditask,mtlora --dataset nyud --seeds 0,1,2 --print-commands --nproc-per-node 8 > jobs.txt
+  mtbench sweep --protocol synth --out results/synth --plan   # the leaderboard: what it runs, what exists
 """
 
 
@@ -37,8 +38,15 @@ Examples:
 @click.option("--jobs", "-j", type=int, default=1, show_default=True,
               help="Runs at a time on this machine: N-1 more sweep processes share the grid (a lock per run "
                    "keeps them apart), each with CPUs/N torch threads.")
+@click.option("--protocol", default=None, metavar="NAME|FILE",
+              help="Run a leaderboard protocol instead of a grid (e.g. synth, or a protocol .yaml): each row's "
+                   "learning rate chosen on held-out training images, then every row × seed at it, the "
+                   "baselines and extras; skips what exists (docs/leaderboard.md). Default --out: results/NAME.")
+@click.option("--plan", "plan_only", is_flag=True,
+              help="With --protocol: print the plan (runs, how many exist, the rates chosen so far, an estimate) "
+                   "and run nothing.")
 def sweep(method, dataset, old_methods, old_datasets, seeds, print_commands, nproc_per_node, nnodes, jobs,
-          **options):
+          protocol, plan_only, **options):
     """Run every method × dataset × seed with one recipe, one run after another.
 
     Runs whose result (same configuration hash) is already in the results folder are skipped;
@@ -47,6 +55,13 @@ def sweep(method, dataset, old_methods, old_datasets, seeds, print_commands, npr
     nothing runs: the runs still to do are printed as torchrun commands (each with --resume, so a
     scheduler may re-issue one after a preemption).
     """
+    if protocol or plan_only:
+        from mtpeft_bench.cli.sweep_protocol import protocol_command
+
+        context = click.get_current_context()
+        given = [name for name in context.params
+                 if context.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE]
+        return protocol_command(protocol, plan_only, given, options, jobs)
     from mtpeft_bench.config import parse_sets
     from mtpeft_bench.running.summary import LOG, print_summary
     from mtpeft_bench.running.sweep import (busy_machine_warning, classify, expand, run_grid, start_jobs,

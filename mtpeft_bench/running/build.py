@@ -48,7 +48,9 @@ def make_loaders(resolved: ResolvedRun, root: Path | None, device: Any, sampler_
 
     cfg = resolved.cfg
     train_set = resolved.dataset.build("train", resolved.task_specs, resolved.image_size, root, train=True)
-    val_set = resolved.dataset.build("val", resolved.task_specs, resolved.image_size, root, train=False)
+    # evaluated on the dataset's evaluation split: "val", or images held out of training (synth data.holdout)
+    eval_split = getattr(resolved.dataset, "eval_split", "val")
+    val_set = resolved.dataset.build(eval_split, resolved.task_specs, resolved.image_size, root, train=False)
     if train_wrapper is not None:
         train_set = train_wrapper(train_set)
     if len(train_set) < cfg.batch_size:

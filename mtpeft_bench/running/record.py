@@ -48,13 +48,24 @@ def recipe_key(resolved: ResolvedRun, weights: Mapping[str, Any], world_size: in
         "dataset": cfg.dataset, "dataset_version": resolved.dataset.version, "data": plain_fields(resolved.dataset.config),
         "backbone": cfg.backbone, "weights": {k: weights.get(k) for k in ("source", "id", "sha256")},
         "image_size": list(resolved.image_size), "epochs": cfg.epochs, "batch_size": cfg.batch_size,
-        "lr": [cfg.base_lr, cfg.warmup_lr, cfg.min_lr, cfg.lr_reference_batch, cfg.warmup_epochs],
+        "lr": lr_recipe(cfg),
         "weight_decay": cfg.weight_decay, "clip_grad": cfg.clip_grad, "amp": cfg.amp, "drop_path": cfg.drop_path,
         "loss_weights": cfg.loss_weights, "limits": [cfg.limit_train_batches, cfg.limit_eval_batches],
     }
     if world_size > 1:
         recipe["world_size"] = world_size
     return config_hash(RunConfig(), extra=recipe)
+
+
+def lr_recipe(cfg: RunConfig) -> list[Any]:
+    """The learning-rate part of a run's recipe. A rate chosen per method by a leaderboard protocol
+    (``lr_selection``, running/lr_selection.py) is named by that protocol instead of its value: every
+    row of the protocol then shares the single-task baselines it ran (at the rate of its ``full`` row),
+    whatever rate each method was given; elsewhere the rates themselves must match."""
+    selection = cfg.lr_selection or {}
+    if selection.get("protocol"):
+        return [f"chosen per method by protocol {selection['protocol']}", cfg.lr_reference_batch, cfg.warmup_epochs]
+    return [cfg.base_lr, cfg.warmup_lr, cfg.min_lr, cfg.lr_reference_batch, cfg.warmup_epochs]
 
 
 def git_state() -> dict[str, Any]:
@@ -164,6 +175,7 @@ def build_record(resolved: ResolvedRun, run_hash: str, ctx: Any, device: Any, se
         "wall_time_s": round(session.elapsed_before + time.time() - started, 2),
         "method": cfg.method, "dataset": cfg.dataset, "dataset_version": resolved.dataset.version,
         "tasks": resolved.tasks, "seed": cfg.seed, "preset": cfg.preset, "tag": cfg.tag,
+        "eval_split": getattr(resolved.dataset, "eval_split", "val"), "lr_selection": cfg.lr_selection,
         "config": portable_config(resolved.stored_config(), Path(cfg.out)),
         "method_config": plain_fields(resolved.method_cfg), "data_config": plain_fields(resolved.dataset.config),
         "config_hash": run_hash, "recipe_key": recipe_key(resolved, training.weights, ctx.world_size),

@@ -37,6 +37,7 @@ class GridPoint:
     config_hash: str
     state: str = "new"  # new | resume | done
     detail: str = ""
+    name: str = ""  # how progress lines call it (default: dataset/method/seed)
 
 
 @dataclass
@@ -114,7 +115,7 @@ def busy_machine_warning() -> str | None:
 
 
 def label(point: GridPoint) -> str:
-    return f"{point.dataset}/{point.method}/seed {point.seed}"
+    return point.name or f"{point.dataset}/{point.method}/seed {point.seed}"
 
 
 def run_grid(points: Sequence[GridPoint], echo: Callable[[str], None] | None = None,

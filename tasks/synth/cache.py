@@ -12,7 +12,6 @@ import os
 import shutil
 import sys
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +57,7 @@ def manifest_for(config: SynthConfig) -> dict[str, Any]:
     return {
         "dataset": "synth",
         "generator_version": GENERATOR_VERSION,
-        "config": asdict(config),
+        "config": config.generation(),
         "counts": config.counts(),
         "classes": {"semseg": list(CLASS_NAMES), "parts": list(PART_NAMES)},
         "storage": "NYUD_MT layout; segmentation/parts PNG store class k as k+1; saliency PNG 0/255; "
@@ -72,7 +71,7 @@ def manifest_matches(folder: Path, config: SynthConfig) -> bool:
         found = json.loads((folder / MANIFEST).read_text())
     except (OSError, ValueError):
         return False
-    return found.get("generator_version") == GENERATOR_VERSION and found.get("config") == asdict(config)
+    return found.get("generator_version") == GENERATOR_VERSION and found.get("config") == config.generation()
 
 
 def generate_dataset(folder: Path, config: SynthConfig, progress: bool = True, workers: int | None = None) -> None:

@@ -35,7 +35,7 @@ class SynthDataset(DatasetPlugin):
     }
     default_tasks = ("semseg", "depth", "normals", "sal", "edge", "parts")
     image_size = (96, 128)
-    splits = ("train", "val")
+    splits = ("train", "val", "holdout")
     requires_root = False
     default_preset = "cpu"
     reference = None
@@ -45,6 +45,11 @@ class SynthDataset(DatasetPlugin):
         super().__init__(config)
         # the native size follows the configured resolution
         self.image_size = (self.config.height, self.config.width)
+
+    @property
+    def eval_split(self) -> str:
+        """The split a run evaluates on: ``holdout`` when ``data.holdout`` sets images aside, else ``val``."""
+        return "holdout" if self.config.holdout else "val"
 
     def cache_dir(self) -> Path:
         return default_cache_root() / "synth" / self.config.key()
@@ -68,5 +73,17 @@ class SynthDataset(DatasetPlugin):
 
         if split not in self.splits:
             raise UserError(f"dataset 'synth' has no split {split!r}; use one of {', '.join(self.splits)}")
+        if split == "holdout" and not self.config.holdout:
+            raise UserError("synth has no holdout split unless --set data.holdout=N sets training images aside")
         folder = self.resolve_root(root)
-        return LayoutDataset(NyudLayout(folder, _synth_sources(), depth_unit="m"), split, tasks, image_size, train)
+        layout = NyudLayout(folder, _synth_sources(), depth_unit="m")
+        return LayoutDataset(layout, split, tasks, image_size, train, ids=self.split_ids(layout, split))
+
+    def split_ids(self, layout: Any, split: str) -> list[str]:
+        """The image ids of ``split``: with ``holdout`` = h, ``train`` is the first N − h training
+        images and ``holdout`` the last h; ``val`` is always the generated validation split."""
+        if split == "val":
+            return layout.ids("val")
+        train = layout.ids("train")
+        cut = len(train) - self.config.holdout
+        return train[cut:] if split == "holdout" else train[:cut]
