@@ -209,6 +209,7 @@ class PeftEncoder(MultiTaskSwinEncoder):
         # The tuner object wraps the backbone (its `model`); it is kept outside the module tree so
         # the backbone's parameters are not registered twice. Its layers live in the backbone.
         object.__setattr__(self, "_tuner", tuner)
+        object.__setattr__(self, "peft_tuner", tuner)  # mtbench export saves its adapter (peft's own layout)
         self._info = {"peft_type": cfg.peft_type, "train_extras": cfg.train_extras,
                       "peft_options": _jsonable(cfg.peft_options())}
 

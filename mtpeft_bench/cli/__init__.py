@@ -25,7 +25,7 @@ import sys
 
 import click
 
-from mtpeft_bench.cli import data, ls, measure, pretrain, report, run, sweep
+from mtpeft_bench.cli import data, export, ls, measure, pretrain, report, run, sweep
 from mtpeft_bench.errors import UserError
 
 
@@ -47,7 +47,7 @@ def cli(quiet: bool, verbose: bool) -> None:
 
 
 for _command in (run.run, sweep.sweep, measure.params, measure.bench, report.compare, report.plot, ls.ls, data.data,
-                 pretrain.pretrain):
+                 pretrain.pretrain, export.export, export.evaluate):
     cli.add_command(_command)
 for _command in (data.prepare, data.verify, data.show):
     data.data.add_command(_command)
