@@ -183,3 +183,33 @@ def test_export_and_eval_refuse_bad_input_in_one_line(lora_run, capsys, tmp_path
     code, _, err = run_cli(["eval", "--checkpoint", record["execution"]["run_dir"], "--split", "test",
                             "--out", str(tmp_path)], capsys)
     assert code == 2 and "has no split 'test'" in one_error_line(err)
+
+
+def _stored(method, **options):
+    from mtpeft_bench.running.setup import prepare, resolve_config
+
+    sets = {f"method.{k}": v for k, v in options.items()}
+    return prepare(resolve_config("smoke", {"method": method, "dataset": "synth", "tasks": ("semseg", "depth")},
+                                  sets)).stored_config()
+
+
+@pytest.mark.parametrize("method, options, layout", [
+    ("bitfit", {}, "plain"),               # nothing to fold: a stock Swin already
+    ("adapter", {}, None),                 # bottleneck layers a stock Swin does not have
+    ("ditask", {"kernel": "torch"}, "per_task_weights"),
+])
+def test_which_methods_get_merged_weights(method, options, layout):
+    from mtpeft_bench.running.export import merged_form
+    from mtpeft_bench.running.saved import build_untrained
+
+    stored = _stored(method, **options)
+    model, _ = build_untrained(stored)
+    tensors, got, note = merged_form(model.eval(), stored)
+    assert (got or None) == layout, note
+    if layout is None:
+        assert tensors is None and "do not fold into a stock Swin" in note
+    elif layout == "plain":
+        plain, _ = build_untrained(stored, plain=True)
+        plain.load_state_dict(tensors, strict=True)
+    else:
+        assert any(".tasks.semseg.weight" in k for k in tensors) and any(k.startswith("heads.") for k in tensors)
