@@ -12,16 +12,16 @@ from mtpeft_bench.cli.options import prefixed_settings
 
 EXAMPLES_EXPORT = """\b
 Examples:
-  mtbench export 3f2a9c1e-s0-20260101T120000 --output models/lora-synth   # a run id under runs/
-  mtbench export runs/3f2a9c1e-s0-20260101T120000                          # a run folder; writes <run>/export
-  mtbench export results/synth/lora/3f2a9c1e-s0-20260101T120000.json       # the run of a result record
+  mtbench export 20260101-120000-3f2a9c1e-s0-8b0b --output models/lora-synth   # a run id under runs/
+  mtbench export runs/20260101-120000-3f2a9c1e-s0-8b0b                          # a run folder; writes <run>/export
+  mtbench export results/synth/lora/20260101-120000-3f2a9c1e-s0-8b0b.json       # the run of a result record
 """
 
 EXAMPLES_EVAL = """\b
 Examples:
   mtbench eval --checkpoint models/lora-synth --dataset synth                 # an export folder
   mtbench eval --checkpoint models/lora-synth --form merged                   # its merged weights, stock Swin
-  mtbench eval --checkpoint runs/3f2a9c1e-s0-20260101T120000/last.safetensors  # a run's own checkpoint
+  mtbench eval --checkpoint runs/20260101-120000-3f2a9c1e-s0-8b0b/last.safetensors  # a run's own checkpoint
 """
 
 
@@ -35,7 +35,7 @@ def _runs_dir(runs_dir: str | None, out: str) -> Path:
 @click.command("export", epilog=EXAMPLES_EXPORT)
 @click.argument("run")
 @click.option("--output", "-o", default=None,
-              help="Folder to create (default: export/ inside the run folder, or beside the given file).")
+              help="Folder to create (default: export/ inside the run folder).")
 @click.option("--out", default="results", show_default=True, help="Results folder (finds the runs folder beside it).")
 @click.option("--runs-dir", default=None, help="Runs folder to look the run id up in (default: runs/ beside --out).")
 def export(run, output, out, runs_dir):
