@@ -15,6 +15,13 @@ that the runner reads (it never asks which method it runs):
 - ``method_info() -> dict``: facts to record in the result (e.g. which kernel ran);
 - ``extra_loss() -> Tensor | None``: a term added to the training loss;
 - ``find_unused_parameters: bool``: DDP must look for parameters that get no gradient;
+- ``after_step(global_step, total_steps) -> None``: called by the fit loop after every optimizer
+  step (``global_step`` counts from 1 to ``total_steps``, the run's optimizer steps over all its
+  epochs), before the gradients are cleared; for methods with a schedule of their own, e.g.
+  AdaLoRA's rank budget (peft's ``update_and_allocate``). Without it nothing is called;
+- ``rebuilt_weights() -> dict[str, Tensor]``: the adapted weights as plain tensors by module
+  path, for ``mtbench export``'s merged file when they cannot fold into a stock Swin (DiTASK);
+- ``peft_tuner``: peft's tuner object, whose adapter ``mtbench export`` saves in peft's layout;
 - ``merge_for_inference() -> nn.Module``: a *new* encoder with the method's weights folded into
   the backbone's (e.g. LoRA's ``W + s·B·A`` through peft's ``merge_and_unload`` on a deep copy)
   that computes the same features at the plain backbone's cost. It must leave the trained

@@ -90,8 +90,11 @@ class LoraMethodConfig(MethodConfig):
 class LoraEncoder(MultiTaskSwinEncoder):
     """The shared multi-task encoder with peft's LoRA layers inside the backbone."""
 
-    def __init__(self, backbone, tasks, cfg: LoraMethodConfig):
+    def __init__(self, backbone, tasks, cfg: LoraMethodConfig, tuner=None):
         super().__init__(backbone, tasks)
+        # peft's tuner (it wraps the backbone), kept outside the module tree so no parameter is
+        # registered twice; mtbench export saves its adapter in peft's own layout.
+        object.__setattr__(self, "peft_tuner", tuner)
         self._info = {"peft_type": "LORA", "r": cfg.r, "lora_alpha": cfg.alpha, "scale": cfg.alpha / cfg.r,
                       "lora_dropout": float(cfg.lora_dropout), "use_dora": cfg.use_dora,
                       "train_extras": cfg.train_extras}
@@ -112,6 +115,6 @@ class Lora(Method):
     def build(self, backbone, tasks, cfg):
         freeze(backbone)
         extras = extra_parameters(backbone)
-        inject_peft(backbone, cfg.peft_config())
+        tuner = inject_peft(backbone, cfg.peft_config())
         finish_peft_injection(backbone, extras, cfg.train_extras)
-        return LoraEncoder(backbone, tasks, cfg)
+        return LoraEncoder(backbone, tasks, cfg, tuner)

@@ -15,10 +15,12 @@ trains a copy of each norm and keeps the original frozen).
 Refused with one line: prompt-based tuners (they need a language model's token sequence), POLY
 (routes each sample by a task id the encoder is never given), X-LoRA (a mixture over trained LoRA
 adapters of a transformers model), trainable tokens (token embeddings), SHADOW (a shadow language
-model), FRoD (its joint decomposition across layers fails on Swin's stage-wise widths), AdaLoRA
-(its rank allocator must run after every optimizer step, which the one training loop does not
-do; plain rank-fixed AdaLoRA would not be AdaLoRA). Any other type not in :data:`TESTED_TYPES`
-is refused as untested.
+model), FRoD (its joint decomposition across layers fails on Swin's stage-wise widths). Any other
+type not in :data:`TESTED_TYPES` is refused as untested.
+
+AdaLoRA's rank budget schedule runs after every optimizer step through the encoder's
+``after_step`` hook, with ``total_step`` set from the run's own total (methods/_adalora.py); the
+result records the rank every adapted module ends with.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import dataclasses
 import difflib
 from typing import Any
 
+from mtpeft_bench.methods._adalora import AdaLoraSchedule, provisional_total_step
 from mtpeft_bench.methods._peft_util import (
     BLOCK_LINEARS, FC2, LAYER_NORMS, QKV_AND_FC2, finish_peft_injection, inject_peft,
 )
@@ -40,7 +43,7 @@ from mtpeft_bench.registry import register_method
 #: builds each on a micro Swin and on Swin-T and trains it). Keep in step with the description of
 #: the registered method below (a test checks both lists agree).
 TESTED_TYPES = (
-    "BEFT", "BOFT", "C3A", "DEFT", "DELORA", "FOURIERFT", "GLORA", "GRALORA", "HIRA", "HRA", "IA3", "LILY",
+    "ADALORA", "BEFT", "BOFT", "C3A", "DEFT", "DELORA", "FOURIERFT", "GLORA", "GRALORA", "HIRA", "HRA", "IA3", "LILY",
     "LN_TUNING", "LOHA", "LOKR", "LORA", "MISS", "OFT", "OSF", "PEANUT", "PSOFT", "PVERA", "RANDLORA", "ROAD",
     "SHIRA", "SUPERTUNING", "TINYLORA", "UNILORA", "VBLORA", "VERA", "WAVEFT",
 )
@@ -68,8 +71,11 @@ REFUSED: dict[str, str] = {
     "TRAINABLE_TOKENS": "tunes token embeddings, which a Swin does not have",
     "SHADOW": "trains a shadow language model beside the base model",
     "FROD": "fails on Swin: its joint decomposition across layers needs equal widths",
-    "ADALORA": "needs its rank allocator called after every optimizer step (update_and_allocate), which the "
-               "one training loop does not do; use LORA",
+}
+
+#: Options the run sets itself, per type (a value given with --set is refused).
+RUN_SET: dict[str, dict[str, str]] = {
+    "ADALORA": {"total_step": "is set from the run's total number of optimizer steps (epochs × steps per epoch)"},
 }
 
 # Options of peft configs that only make sense for (quantised, distributed) language models.
@@ -132,6 +138,9 @@ def _post_init(self) -> None:
     if not isinstance(self.train_extras, bool):
         raise ValueError(f"train_extras must be true or false, got {self.train_extras!r}")
     allowed = _peft_fields(self.peft_type)
+    for name, why in RUN_SET.get(self.peft_type, {}).items():
+        if getattr(self, name) is not None:
+            raise ValueError(f"{name} of peft type {self.peft_type} {why}; leave it unset")
     foreign = [name for name in _option_names() if getattr(self, name) is not None and name not in allowed]
     if foreign:
         raise ValueError(f"{', '.join(foreign)} {'is not an option' if len(foreign) == 1 else 'are not options'} of "
@@ -159,6 +168,8 @@ def _peft_options(self) -> dict[str, Any]:
         kwargs["target_modules"] = BLOCK_LINEARS
     kwargs.update(SWIN_DEFAULTS.get(self.peft_type, {}))
     kwargs.update({name: getattr(self, name) for name in allowed if getattr(self, name) is not None})
+    if self.peft_type == "ADALORA":  # replaced by the run's own total before the first step
+        kwargs["total_step"] = provisional_total_step(kwargs)
     return kwargs
 
 
@@ -198,6 +209,7 @@ class PeftEncoder(MultiTaskSwinEncoder):
         # The tuner object wraps the backbone (its `model`); it is kept outside the module tree so
         # the backbone's parameters are not registered twice. Its layers live in the backbone.
         object.__setattr__(self, "_tuner", tuner)
+        object.__setattr__(self, "peft_tuner", tuner)  # mtbench export saves its adapter (peft's own layout)
         self._info = {"peft_type": cfg.peft_type, "train_extras": cfg.train_extras,
                       "peft_options": _jsonable(cfg.peft_options())}
 
@@ -205,6 +217,25 @@ class PeftEncoder(MultiTaskSwinEncoder):
         import peft
 
         return {**super().method_info(), **self._info, "peft_version": peft.__version__}
+
+
+class AdaLoraEncoder(PeftEncoder):
+    """:class:`PeftEncoder` with AdaLoRA's rank budget schedule and orthogonal regulariser."""
+
+    def __init__(self, backbone, tasks, cfg, tuner):
+        super().__init__(backbone, tasks, cfg, tuner)
+        object.__setattr__(self, "_schedule", AdaLoraSchedule(tuner))
+
+    def after_step(self, global_step: int, total_steps: int) -> None:
+        self._schedule.after_step(global_step, total_steps)
+
+    def extra_loss(self):
+        return self._schedule.orthogonal_regulariser()
+
+    def method_info(self):
+        info = super().method_info()
+        info["peft_options"] = {**info["peft_options"], "total_step": int(self._schedule.config.total_step)}
+        return {**info, **self._schedule.info()}
 
 
 def _jsonable(value: Any) -> Any:
@@ -218,7 +249,7 @@ def _jsonable(value: Any) -> Any:
 
 
 @register_method("peft", description="any tested peft tuner by name, shared by all tasks (method.peft_type=...): "
-                                      "BEFT BOFT C3A DEFT DELORA FOURIERFT GLORA GRALORA HIRA HRA IA3 LILY LN_TUNING "
+                                      "ADALORA BEFT BOFT C3A DEFT DELORA FOURIERFT GLORA GRALORA HIRA HRA IA3 LILY LN_TUNING "
                                       "LOHA LOKR LORA MISS OFT OSF PEANUT PSOFT PVERA RANDLORA ROAD SHIRA SUPERTUNING "
                                       "TINYLORA UNILORA VBLORA VERA WAVEFT")
 class PeftGeneric(Method):
@@ -232,4 +263,5 @@ class PeftGeneric(Method):
         extras = extra_parameters(backbone)
         tuner = inject_peft(backbone, cfg.peft_config())
         finish_peft_injection(backbone, extras, cfg.train_extras)
-        return PeftEncoder(backbone, tasks, cfg, tuner)
+        encoder_cls = AdaLoraEncoder if cfg.peft_type == "ADALORA" else PeftEncoder
+        return encoder_cls(backbone, tasks, cfg, tuner)

@@ -7,6 +7,11 @@ Archives are extracted into a temporary folder beside the destination and rename
 so an interrupted extraction never leaves a half dataset under the final name; members that would
 land outside the folder (absolute paths, ``..``, links out) are refused. A folder is copied
 (hard links where the file system allows, so no extra space), or linked with ``symlink=True``.
+
+Before an archive is extracted its SHA-256 is compared with the official one where that is known
+(``tasks/reference/archives.yaml``; ``null`` there means no source publishes one) or with the
+digest the caller gives (``--sha256``); a mismatch stops with one line naming the file. ``check=False``
+(``--no-checksum``) skips the comparison.
 """
 
 from __future__ import annotations
@@ -16,10 +21,12 @@ import os
 import shutil
 import tarfile
 import tempfile
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable
 
 from mtpeft_bench.atomic import make_folders, remove_empty_folders
+from mtpeft_bench.digest import sha256_of
 from mtpeft_bench.errors import UserError
 from mtpeft_bench.tasks.roots import ARCHIVE_SUFFIXES, default_data_root, has_markers
 
@@ -72,6 +79,44 @@ def extract(archive_path: Path, dest: Path, progress: Callable[[str], None] = lo
         raise UserError(f"{archive_path} cannot be extracted ({exc}); download it again") from None
 
 
+@lru_cache(maxsize=1)
+def known_archives() -> dict[str, dict[str, Any]]:
+    """``{archive file name: {dataset, url, sha256, digest_source}}`` from ``reference/archives.yaml``."""
+    import yaml
+
+    path = Path(__file__).resolve().parent / "reference" / "archives.yaml"
+    return dict(yaml.safe_load(path.read_text())["archives"])
+
+
+def official_sha256(archive_name: str) -> str | None:
+    """The official SHA-256 (hex) of the archive called ``archive_name``, or None when unknown."""
+    entry = known_archives().get(archive_name) or {}
+    return entry.get("sha256")
+
+
+def check_archive(path: Path, official_name: str, expected: str | None = None,
+                  progress: Callable[[str], None] = log.info) -> str | None:
+    """Compare the SHA-256 of the archive at ``path`` with ``expected`` (hex), else with the official
+    digest of the dataset's archive ``official_name`` (``PASCAL_MT.tgz`` ...: a renamed download is
+    still checked); return the digest, or None when there was nothing to compare with.
+
+    Raises:
+        UserError: the digests differ (one line naming the file and both digests).
+    """
+    given = expected is not None
+    expected = (expected or official_sha256(official_name) or "").strip().lower() or None
+    if expected is None:
+        progress(f"no official SHA-256 is known for {official_name}; the content of {path.name} is not checked")
+        return None
+    progress(f"checking the SHA-256 of {path.name} ...")
+    actual = sha256_of(path)
+    if actual != expected:
+        against = "the --sha256 given" if given else f"the official {official_name}"
+        raise UserError(f"{path} differs from {against}: SHA-256 {actual}, expected {expected}; download it again "
+                        "(or skip the check with --no-checksum)")
+    return actual
+
+
 def _link_or_copy(src: str, dst: str) -> None:
     try:
         os.link(src, dst)
@@ -80,12 +125,15 @@ def _link_or_copy(src: str, dst: str) -> None:
 
 
 def prepare(plugin: Any, source: Path, data_root: Path | None, symlink: bool = False,
-            progress: Callable[[str], None] = log.info) -> Path:
+            progress: Callable[[str], None] = log.info, check: bool = True, sha256: str | None = None) -> Path:
     """Put ``plugin``'s dataset from ``source`` under ``data_root``; return the dataset folder.
 
+    ``check``: compare an archive's SHA-256 with ``sha256`` (hex), else with the official digest
+    when one is known (:func:`check_archive`).
+
     Raises:
-        UserError: no data root, ``source`` missing or holding no such dataset, or the
-            destination already exists.
+        UserError: no data root, ``source`` missing or holding no such dataset, an archive whose
+            digest differs, or the destination already exists.
     """
     name, markers = plugin.name, tuple(plugin.markers)
     data_root = Path(data_root).expanduser() if data_root is not None else default_data_root()
@@ -103,6 +151,8 @@ def prepare(plugin: Any, source: Path, data_root: Path | None, symlink: bool = F
         if source.is_file():
             if not source.name.endswith(ARCHIVE_SUFFIXES):
                 raise UserError(f"{source} is neither a folder nor a .tgz/.tar.gz/.tar archive")
+            if check:
+                check_archive(source, plugin.archive, sha256, progress)
             tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=data_root))
             try:
                 extract(source, tmp, progress)

@@ -113,7 +113,6 @@ def test_peft_lora_equals_the_lora_method_count_on_swin_t():
     ({"peft_type": "PROMPT_TUNING"}, "is prompt-based and needs a language model"),
     ({"peft_type": "prefix_tuning"}, "is prompt-based"),
     ({"peft_type": "POLY"}, "task id"),
-    ({"peft_type": "ADALORA"}, "rank allocator"),
     ({"peft_type": "TRAINABLE_TOKENS"}, "token embeddings"),
     ({"peft_type": "LOHAA"}, "did you mean LOHA?"),
     ({"peft_type": "ADAMSS"}, "not among the tested types"),

@@ -21,6 +21,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import nn
 
 from mtpeft_bench.methods.base import Method, MethodConfig, freeze
@@ -125,6 +126,41 @@ class DiTASKEncoder(MultiTaskSwinEncoder):
 
     def method_info(self) -> dict[str, Any]:
         return {**super().method_info(), **self.ditask.info()}
+
+    def rebuilt_weights(self) -> dict[str, torch.Tensor]:
+        """The adapted weights as plain matrices (``mtbench export``'s merged form), by module path:
+        ``<path>.weight`` (out, in) = the shared W′ = U·diag(Warp_θ(s))·Vᵀ of every adapted linear
+        and ``<path>.tasks.<task>.weight`` = W′ₜ of every task stream; ``<path>.bias`` the frozen
+        bias. Each is read off the layer itself, W′ᵀ = apply(I) − b, so it is what the forward uses
+        (dense or factored, either weight form), without dropout.
+        """
+        from mtpeft_bench.methods.ditask.adapter import SHARED
+
+        paths = {id(m): name for name, m in self.named_modules() if isinstance(m, DiTASKLinear)}
+        variants: dict[int, list] = {key: [SHARED] for key in paths}
+        for module in self.modules():
+            if isinstance(module, DiTASKStream):
+                variants[id(module.layer)] += list(module.tasks)
+        layers = {id(m): m for m in self.modules() if isinstance(m, DiTASKLinear)}
+        out: dict[str, torch.Tensor] = {}
+        was_training = self.training
+        self.eval()
+        self.ditask.begin()
+        try:
+            for key, path in paths.items():
+                layer = layers[key]
+                eye = torch.eye(layer.in_features, dtype=layer.base.weight.dtype, device=layer.base.weight.device)
+                bias = layer.base.bias
+                for variant in variants[key]:
+                    rows = self.ditask.apply(layer, eye, variant)  # (in, out) = W′ᵀ + b
+                    weight = (rows - bias if bias is not None else rows).T.contiguous()
+                    out[f"{path}.weight" if variant is SHARED else f"{path}.tasks.{variant}.weight"] = weight
+                if bias is not None:
+                    out[f"{path}.bias"] = bias.detach().clone()
+        finally:
+            self.ditask.end()
+            self.train(was_training)
+        return out
 
 
 @register_method("ditask")

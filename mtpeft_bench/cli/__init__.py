@@ -26,7 +26,7 @@ import sys
 
 import click
 
-from mtpeft_bench.cli import data, ls, measure, pretrain, report, reproduce, run, sweep
+from mtpeft_bench.cli import data, export, ls, measure, pretrain, report, reproduce, run, sweep
 from mtpeft_bench.errors import UserError
 
 
@@ -48,7 +48,7 @@ def cli(quiet: bool, verbose: bool) -> None:
 
 
 for _command in (run.run, sweep.sweep, measure.params, measure.bench, report.compare, report.plot, ls.ls, data.data,
-                 pretrain.pretrain, reproduce.reproduce):
+                 pretrain.pretrain, reproduce.reproduce, export.export, export.evaluate):
     cli.add_command(_command)
 for _command in (data.prepare, data.verify, data.show):
     data.data.add_command(_command)

@@ -15,6 +15,7 @@ from mtpeft_bench.errors import UserError
 EXAMPLES = """\b
 Examples:
   mtbench data prepare pascal_mt --from ~/Downloads/PASCAL_MT.tgz --data-root ~/data
+  mtbench data prepare nyud --from NYUD_MT.tgz --data-root ~/data --sha256 <64 hex digits>
   mtbench data prepare nyud --from ~/Downloads/NYUD_MT --data-root ~/data --symlink
   mtbench data verify pascal_mt --data-root ~/data --split train,val
   mtbench data show synth --output grid.png --n 4
@@ -47,12 +48,28 @@ def _data_root(value: str | None) -> Path | None:
 @click.option("--from", "source", required=True, help="The downloaded archive (.tgz), its extracted folder, or a parent.")
 @run_options("data_root")
 @click.option("--symlink", is_flag=True, help="Link to an extracted folder instead of copying it.")
-def prepare(dataset, source, data_root, symlink):
-    """Put a downloaded dataset under the data root (archive, extracted folder or parent folder)."""
+@click.option("--sha256", "sha256", default=None, metavar="HEX",
+              help="Expected SHA-256 of the archive (default: the official digest where one is known).")
+@click.option("--no-checksum", is_flag=True, help="Do not check the archive's SHA-256.")
+def prepare(dataset, source, data_root, symlink, sha256, no_checksum):
+    """Put a downloaded dataset under the data root (archive, extracted folder or parent folder).
+
+    An archive's SHA-256 is checked first, against --sha256 or the official digest where one is
+    known; a mismatch names the file and exits with status 2.
+    """
+    import re
+
     from mtpeft_bench.tasks.prepare import prepare as prepare_dataset
 
+    if sha256 is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", sha256.strip()):
+        raise UserError(f"--sha256 must be 64 hexadecimal digits, got {sha256!r}")
+    if sha256 is not None and no_checksum:
+        raise UserError("--sha256 and --no-checksum contradict each other; give one of them")
+    if sha256 is not None and Path(source).expanduser().is_dir():
+        raise UserError(f"--sha256 checks an archive, but {source} is a folder; drop --sha256 or pass the archive")
     plugin = _plugin(dataset, (), "data prepare", downloaded=True)
-    dest = prepare_dataset(plugin, Path(source), _data_root(data_root), symlink=symlink)  # progress: logged
+    dest = prepare_dataset(plugin, Path(source), _data_root(data_root), symlink=symlink, check=not no_checksum,
+                           sha256=sha256)  # progress: logged
     click.echo(f"{dataset}: ready in {dest}; use --data-root {dest.parent} (or MTBENCH_DATA={dest.parent}); "
                f"`mtbench data verify {dataset} --data-root {dest.parent}` checks every file")
 

@@ -45,8 +45,14 @@ Examples:
 @click.option("--plan", "plan_only", is_flag=True,
               help="With --protocol: print the plan (runs, how many exist, the rates chosen so far, an estimate) "
                    "and run nothing.")
+@click.option("--launcher", type=click.Choice(["inprocess", "local", "slurm"]), default="inprocess", show_default=True,
+              help="inprocess: runs in this process; slurm: one Slurm job per run through submitit; local: the same "
+                   "jobs as local subprocesses (--jobs at a time). A job that dies is rerun and resumes its run.")
+@click.option("--launcher-opts", "launcher_opts", multiple=True, metavar="KEY=VALUE,...",
+              help="Job settings: partition, time (minutes), gpus, cpus, mem_gb, account, qos, constraint, reruns "
+                   "(times a job that died is resubmitted, default 1), folder (job logs).")
 def sweep(method, dataset, old_methods, old_datasets, seeds, print_commands, nproc_per_node, nnodes, jobs,
-          protocol, plan_only, **options):
+          protocol, plan_only, launcher, launcher_opts, **options):
     """Run every method × dataset × seed with one recipe, one run after another.
 
     Runs whose result (same configuration hash) is already in the results folder are skipped;
@@ -97,6 +103,15 @@ def sweep(method, dataset, old_methods, old_datasets, seeds, print_commands, npr
     counts = {s: sum(p.state == s for p in points) for s in ("done", "resume", "new")}
     echo(f"sweep: {len(points)} runs: {counts['done']} completed (skipped), {counts['resume']} to resume, "
          f"{counts['new']} to start")
+
+    if launcher != "inprocess":  # one job per run (running/launchers.py)
+        from mtpeft_bench.running.launchers import finish, launch_grid, parse_launcher_opts
+
+        if print_commands or world > 1:
+            raise UserError("--launcher local/slurm submits the runs itself; it does not combine with "
+                            "--print-commands or torchrun")
+        finish(launch_grid(points, launcher, parse_launcher_opts(launcher_opts), jobs, echo), len(points), echo)
+        return
 
     if print_commands:
         # The same options on each run's command line (torchrun_command adds --no-progress itself).

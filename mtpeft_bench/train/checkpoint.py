@@ -99,7 +99,7 @@ class Checkpoint:
         return _rng_from_storage(rank, self.tensors, ranks[str(rank)])
 
 
-def _unshare(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def unshared_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Contiguous CPU tensors, cloning any that shares storage with one seen before (safetensors
     refuses shared memory; tied weights are restored by ``load_state_dict`` either way)."""
     seen: set[int] = set()
@@ -171,7 +171,7 @@ def save_checkpoint(path: Path, *, model: torch.nn.Module, optimizer: torch.opti
     }
     metadata = {"mtbench": json.dumps(full_meta, allow_nan=False, default=json_default)}
     with atomic_file(path) as tmp:
-        save_file(_unshare(tensors), tmp, metadata=metadata)
+        save_file(unshared_tensors(tensors), tmp, metadata=metadata)
     return Path(path)
 
 

@@ -112,6 +112,7 @@ class FitLoop:
         self.phase = "train"
         stop = StopOnSignal(announce=self.ctx.is_main)
         trainer.stop_requested = lambda: stop.requested
+        trainer.after_step = self._method_after_step()
         reset_peak_memory(self.device)
         try:
             with stop:
@@ -146,6 +147,15 @@ class FitLoop:
             session.mark("failed", advice)
             raise RunFailed(advice) from None
         return FitResult(metrics, infer, train_peak, memory_kind, peak, self.history)
+
+    def _method_after_step(self) -> Callable[[int], None] | None:
+        """The encoder's optional ``after_step(global_step, total_steps)`` hook (methods/base.py),
+        bound to this run's total number of optimizer steps; None when the method has none."""
+        hook = getattr(getattr(self.model, "encoder", self.model), "after_step", None)
+        if not callable(hook):
+            return None
+        total = self.trainer.schedule.total_steps
+        return lambda step: hook(step, total)
 
     def _epoch(self, epoch: int, say: Callable[[str], None], stop: StopOnSignal) -> None:
         cfg, session = self.cfg, self.session

@@ -60,6 +60,8 @@ class Trainer:
         stop_requested: returns True once a stop was asked for (Ctrl-C); checked every step, acted on
             after the step completes (so the forward pass's side effects, e.g. BatchNorm statistics,
             belong to a step that counts).
+        after_step: called with the global step (1, 2, ...) after every optimizer step, while the
+            gradients are still in place (the fit loop sets it to the method's ``after_step`` hook).
     """
 
     model: nn.Module
@@ -75,6 +77,7 @@ class Trainer:
     step: int = 0
     agree: Callable[[Sequence[bool]], list[bool]] | None = None
     stop_requested: Callable[[], bool] | None = None
+    after_step: Callable[[int], None] | None = None
     stopping: bool = False  # every process agreed to stop after the current step
 
     def __post_init__(self) -> None:
@@ -115,6 +118,8 @@ class Trainer:
             self.scaler.update()
         self.step += 1
         self.scheduler.step_update(self.step)
+        if self.after_step is not None:
+            self.after_step(self.step)
         return total.item(), {t: v.item() for t, v in per_task.items()}
 
     def _check(self, total: torch.Tensor, per_task: dict[str, torch.Tensor]) -> bool:
