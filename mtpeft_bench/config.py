@@ -1,4 +1,4 @@
-"""Run configuration: defaults → preset → command-line options → ``--set key=value``.
+"""Run configuration: defaults → preset → run file → command-line options → ``--set key=value``.
 
 ``RunConfig`` holds everything a run depends on. Method and dataset hyper-parameters live in their
 plugins' ``Config`` dataclasses and are set with ``--set method.<key>=<value>`` and
@@ -257,19 +257,27 @@ def apply_overrides(cfg: RunConfig, overrides: Mapping[str, Any]) -> RunConfig:
 
 
 def resolve(preset: str | None, options: Mapping[str, Any], sets: Mapping[str, Any],
-            default_preset: str = "paper") -> RunConfig:
-    """Build the run configuration: defaults → preset → explicit options → ``--set`` overrides.
+            default_preset: str = "paper", file: Mapping[str, Any] | None = None, file_name: str = "") -> RunConfig:
+    """Build the run configuration: defaults → preset → a run file's settings → explicit options →
+    ``--set`` overrides.
 
     Args:
         preset: preset name, or None for ``default_preset``.
         options: explicit command-line options (None values are ignored).
         sets: parsed ``--set`` overrides.
+        file: a run file's settings (``--set`` keys; running/config_file.py), named ``file_name``
+            in error messages.
     """
     name = preset or default_preset
     if name not in PRESETS:
         raise UserError(unknown_name("preset", name, PRESETS))
     cfg = RunConfig(preset=name)
     apply_overrides(cfg, PRESETS[name])
+    if file:
+        try:
+            apply_overrides(cfg, file)
+        except UserError as exc:
+            raise UserError(f"{file_name}: {exc}") from None
     apply_overrides(cfg, {k: v for k, v in options.items() if v is not None})
     apply_overrides(cfg, sets)
     validate(cfg)
