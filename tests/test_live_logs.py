@@ -45,7 +45,7 @@ def test_a_run_logs_every_step_and_evaluation_as_it_trains(tmp_path, capsys, mon
         original(self, info, elapsed_s)
         if info["step"] == 3:  # the run is still training: its log is complete up to here and can be plotted
             metrics_file = self.sinks[0].path
-            seen_while_running["lines"] = len(lines(metrics_file))
+            seen_while_running["lines"] = [(e["kind"], e["step"]) for e in lines(metrics_file)]
             seen_while_running["figure"] = plot_curves(metrics_file.parent, tmp_path / "figs")
 
     monkeypatch.setattr(LiveLog, "train_step", watching)
@@ -58,7 +58,8 @@ def test_a_run_logs_every_step_and_evaluation_as_it_trains(tmp_path, capsys, mon
     evals = [e for e in entries if e["kind"] == "eval"]
     assert [e["step"] for e in train] == list(range(1, 2 * STEPS_PER_EPOCH + 1))
     assert [e["epoch"] for e in train] == [1, 1, 2, 2]
-    assert seen_while_running["lines"] == 3 and seen_while_running["figure"].stat().st_size > 0
+    assert seen_while_running["lines"] == [("train", 1), ("train", 2), ("eval", 2), ("train", 3)]
+    assert seen_while_running["figure"].stat().st_size > 0
     # an evaluation after epoch 1 (eval_every=1) and the final one
     assert [(e["step"], e["epoch"], e["final"]) for e in evals] == [(2, 1, False), (4, 2, True)]
     assert evals[0]["primary"] == {"semseg": "mIoU", "depth": "rmse"} or set(evals[0]["primary"]) == {"semseg", "depth"}

@@ -152,7 +152,8 @@ def check_writable(out: Path, what: str = "results", fix: str = "choose another 
 
 
 def check_before_work(resolved: ResolvedRun, out: Path, runs: Path, is_main: bool = True) -> None:
-    """The checks of paths and weights, in this order: the data folder of a dataset read from disk
+    """The checks of the loggers' libraries (``--logger``), then of paths and weights, in this order:
+    the data folder of a dataset read from disk
     (a generated one gets a one-line warning about ``--data-root``), the results and checkpoint
     folders (on the process that writes), then the backbone and its weights (``--weights timm``:
     the local hub cache, ``HF_HUB_OFFLINE``, a one-second look at the hub).
