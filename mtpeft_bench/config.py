@@ -1,4 +1,4 @@
-"""Run configuration: defaults → preset → command-line options → ``--set key=value``.
+"""Run configuration: defaults → preset → run file → command-line options → ``--set key=value``.
 
 ``RunConfig`` holds everything a run depends on. Method and dataset hyper-parameters live in their
 plugins' ``Config`` dataclasses and are set with ``--set method.<key>=<value>`` and
@@ -16,6 +16,11 @@ Presets:
 - ``paper``: the published recipe (docs/protocol.md 4.4): Swin-T, 448 px, 300 epochs, batch 32,
   AdamW 5e-4 × batch/512, 20 warm-up epochs then cosine, weight decay 0.05, drop-path 0.2,
   gradient clipping 5, AMP.
+
+Memory without changing the recipe: ``accum_steps=N`` splits each step's ``batch_size`` (still the
+effective batch, which the learning-rate scaling uses) into N micro-batches whose gradients are
+summed before the one optimizer step; ``grad_checkpoint=true`` recomputes each Swin block's
+activations in the backward pass instead of keeping them.
 """
 
 from __future__ import annotations
@@ -47,7 +52,9 @@ class RunConfig:
     drop_path: float = 0.2
     # optimisation (docs/protocol.md 4.4)
     epochs: int = 300
-    batch_size: int = 32
+    batch_size: int = 32  # per process, per optimisation step (with accum_steps: the effective batch)
+    accum_steps: int = 1  # micro-batches of batch_size/accum_steps accumulated into each step (memory)
+    grad_checkpoint: bool = False  # recompute each Swin block in the backward pass (memory)
     eval_batch_size: int | None = None  # None: batch_size
     base_lr: float = 5e-4
     warmup_lr: float = 5e-7
@@ -72,6 +79,7 @@ class RunConfig:
     num_workers: int = 4
     deterministic: bool = False
     progress: bool = True
+    logger: str = "none"  # none | tensorboard | wandb | tensorboard,wandb (metrics.jsonl is always written)
     # several processes, checkpoints (distributed.py, checkpoint.py)
     sync_bn: bool = False  # BatchNorm over the global batch under torchrun (reference: per process)
     checkpoint_every: int = 1  # epochs between checkpoints; 0: only when stopped by Ctrl-C/SIGTERM
@@ -130,14 +138,20 @@ PRESET_HELP = {
 # changes every configuration hash: old runs would no longer resume or be skipped as completed.
 # (A setting added to RunConfig and to this set at once leaves every existing hash as it was.)
 NOT_IDENTITY = frozenset({"out", "tag", "data_root", "device", "num_workers", "progress", "checkpoint_every",
-                          "runs_dir", "measure_repeats", "measure_warmup", "lr_selection"})
+                          "runs_dir", "measure_repeats", "measure_warmup", "lr_selection", "logger",
+                          "grad_checkpoint"})
+# (grad_checkpoint is here because recomputing a block, with the RNG state of its first pass, gives the
+# same gradients: a run that ran out of memory may resume with it switched on.)
 
 # Settings added after runs were first recorded, with the value that reproduces what came before. At
 # that value a setting is left out of the configuration hash, so adding a setting to RunConfig does
 # not orphan every completed run (a sweep would no longer skip them, nor resume them); any other
-# value is part of the run's identity as usual. A new setting whose default changes nothing is
-# registered here with that default.
-IDENTITY_SINCE: dict[str, Any] = {}
+# value is part of the run's identity as usual: ``accum_steps`` gives each BatchNorm in the
+# decoders a micro-batch's statistics instead of the batch's, and sums the loss in another order.
+IDENTITY_SINCE: dict[str, Any] = {"accum_steps": 1}
+
+# Which logging libraries ``logger`` may name (train/logging_sinks.py).
+LOGGERS = ("tensorboard", "wandb")
 
 
 def _field_types() -> dict[str, Any]:
@@ -264,19 +278,27 @@ def apply_overrides(cfg: RunConfig, overrides: Mapping[str, Any]) -> RunConfig:
 
 
 def resolve(preset: str | None, options: Mapping[str, Any], sets: Mapping[str, Any],
-            default_preset: str = "paper") -> RunConfig:
-    """Build the run configuration: defaults → preset → explicit options → ``--set`` overrides.
+            default_preset: str = "paper", file: Mapping[str, Any] | None = None, file_name: str = "") -> RunConfig:
+    """Build the run configuration: defaults → preset → a run file's settings → explicit options →
+    ``--set`` overrides.
 
     Args:
         preset: preset name, or None for ``default_preset``.
         options: explicit command-line options (None values are ignored).
         sets: parsed ``--set`` overrides.
+        file: a run file's settings (``--set`` keys; running/config_file.py), named ``file_name``
+            in error messages.
     """
     name = preset or default_preset
     if name not in PRESETS:
         raise UserError(unknown_name("preset", name, PRESETS))
     cfg = RunConfig(preset=name)
     apply_overrides(cfg, PRESETS[name])
+    if file:
+        try:
+            apply_overrides(cfg, file)
+        except UserError as exc:
+            raise UserError(f"{file_name}: {exc}") from None
     apply_overrides(cfg, {k: v for k, v in options.items() if v is not None})
     apply_overrides(cfg, sets)
     validate(cfg)
@@ -293,6 +315,17 @@ def validate(cfg: RunConfig) -> None:
     for name, value in positive.items():
         if value <= 0:
             raise UserError(f"{name} must be positive, got {value}")
+    if cfg.accum_steps < 1:
+        raise UserError(f"accum_steps must be at least 1, got {cfg.accum_steps}")
+    if cfg.batch_size % cfg.accum_steps:
+        raise UserError(f"batch_size ({cfg.batch_size}) must be a multiple of accum_steps ({cfg.accum_steps}): "
+                        f"batch_size is the effective batch of a step, split into accum_steps equal micro-batches")
+    loggers = logger_names(cfg.logger)
+    unknown = [n for n in loggers if n not in LOGGERS]
+    if unknown:
+        hint = did_you_mean(unknown[0], LOGGERS)
+        raise UserError(f"unknown logger '{unknown[0]}'{'; ' + hint if hint else ''} (loggers: none, "
+                        f"{', '.join(LOGGERS)}, or a comma list)")
     if cfg.eval_batch_size is not None and cfg.eval_batch_size <= 0:
         raise UserError(f"eval_batch_size must be positive, got {cfg.eval_batch_size}")
     for name in ("base_lr", "warmup_lr", "min_lr", "weight_decay", "warmup_epochs", "drop_path"):
@@ -323,6 +356,12 @@ def validate(cfg: RunConfig) -> None:
         # a negative weight rewards the loss going up; a non-finite one makes every step NaN
         if not math.isfinite(weight) or weight < 0:
             raise UserError(f"loss_weights.{task} must be a finite number >= 0, got {weight}")
+
+
+def logger_names(text: str) -> list[str]:
+    """``"tensorboard,wandb"`` → ``["tensorboard", "wandb"]``; ``"none"`` or ``""`` → ``[]``."""
+    names = [n.strip().lower() for n in str(text or "").split(",") if n.strip()]
+    return [n for n in dict.fromkeys(names) if n != "none"]
 
 
 def config_hash(cfg: RunConfig, extra: Mapping[str, Any] | None = None) -> str:

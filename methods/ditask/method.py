@@ -110,6 +110,10 @@ class DiTASKConfig(MethodConfig):
 class DiTASKEncoder(MultiTaskSwinEncoder):
     """The multi-task Swin encoder with every block linear warped; one CPA call per forward."""
 
+    # The blocks read the warped spectra that begin() computes and end() drops, so a block cannot be
+    # recomputed in the backward pass (grad_checkpoint); accum_steps saves memory instead.
+    supports_grad_checkpointing = False
+
     def __init__(self, backbone: nn.Module, tasks, bank: DiTASKBank, task_streams: bool, dead_theta: bool):
         factory = (lambda stage, role, linear: DiTASKStream(linear, tasks)) if task_streams else None
         super().__init__(backbone, tasks, stream_factory=factory)

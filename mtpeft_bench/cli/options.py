@@ -51,11 +51,15 @@ RUN_OPTIONS: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {
                                      help="Override a setting: epochs=10, base_lr=1e-3, method.<key>=..., "
                                           "data.<key>=..., loss_weights.<task>=... (repeatable).")),
     "no_progress": (("--no-progress",), dict(is_flag=True, help="No progress bars (for log files).")),
+    "logger": (("--logger",), dict(default=None, metavar="NAME[,NAME]",
+                                   help="Also log to tensorboard and/or wandb (optional extras; wandb offline unless "
+                                        "WANDB_MODE says otherwise). metrics.jsonl in the run folder is always "
+                                        "written.")),
 }
 
 # What the model is (all `params` needs), and how a run trains and where it writes.
 MODEL_OPTIONS = ("tasks", "preset", "backbone", "weights", "sets")
-TRAINING_OPTIONS = ("epochs", "batch_size", "data_root", "out", "device", "tag", "no_progress")
+TRAINING_OPTIONS = ("epochs", "batch_size", "data_root", "out", "device", "tag", "no_progress", "logger")
 
 # Not fields of the run configuration: config.resolve takes the preset and the --set items apart.
 _NOT_FIELDS = ("preset", "sets")
@@ -118,8 +122,10 @@ def config_fields(options: Mapping[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def resolve_config(dataset: str, options: Mapping[str, Any], **fields: Any) -> RunConfig:
-    """The run configuration of ``dataset`` from the run options (and ``fields`` such as method, seed).
+def resolve_config(dataset: str | None, options: Mapping[str, Any], config_file: str | None = None,
+                   **fields: Any) -> RunConfig:
+    """The run configuration of ``dataset`` from the run options (and ``fields`` such as method, seed),
+    over the run file ``config_file`` when one is given (None values: not given).
 
     Raises:
         UserError: an unknown dataset, preset or setting, or a value no run can use.
@@ -128,7 +134,7 @@ def resolve_config(dataset: str, options: Mapping[str, Any], **fields: Any) -> R
     from mtpeft_bench.running.setup import resolve_config as resolve_run_config  # the one resolution of every entry point
 
     cfg = resolve_run_config(options.get("preset"), {"dataset": dataset, **fields, **config_fields(options)},
-                             parse_sets(options.get("sets", ())))
+                             parse_sets(options.get("sets", ())), config_file=config_file)
     logging.getLogger("mtpeft_bench").debug(f"mtbench: resolved configuration: {cfg}")  # shown by mtbench -v
     return cfg
 

@@ -137,6 +137,7 @@ Examples:
   mtbench plot --out figures/                       # every dataset under results/
   mtbench plot --results /tmp/runs --dataset synth --out /tmp/figs --format pdf
   mtbench plot --dataset pascal_mt --reference --out figs/   # published rows on the Pareto plot
+  mtbench plot --curves runs/<run_id> --out figs/   # loss, LR and validation curves of one run, also while it trains
 """
 
 
@@ -151,9 +152,20 @@ Examples:
 @split_option
 @strict_option
 @click.option("--format", "fmt", type=click.Choice(["png", "pdf", "svg"]), default="png", show_default=True)
-def plot(results_dir, out, dataset, methods, tags, reference, baseline_method, split, strict, fmt):
+@click.option("--curves", "curves_of", default=None, metavar="RUN_FOLDER",
+              help="Instead: the training curves of one run from its metrics.jsonl (a run folder under runs/, also "
+                   "one still training).")
+def plot(results_dir, out, dataset, methods, tags, reference, baseline_method, split, strict, fmt, curves_of):
     """Figures: Δm vs trainable parameters with the Pareto front, per-task metrics, cost, training curves;
     error bars are 95 % confidence intervals of the mean over seeds."""
+    if curves_of:
+        from mtpeft_bench.report.curves import plot_curves
+
+        try:
+            click.echo(f"wrote {plot_curves(curves_of, Path(out), fmt)}")
+        except OSError as exc:
+            raise UserError(f"cannot write figures to {out}: {exc.strerror or exc}") from None
+        return
     path = Path(results_dir)
     if not path.exists():
         raise UserError(f"no results folder {path}; run `mtbench run ...` first or pass --results DIR")

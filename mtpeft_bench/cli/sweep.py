@@ -1,7 +1,9 @@
 """``mtbench sweep``: run a grid of methods × datasets × seeds, or print it as torchrun commands.
 
 A sweep takes every option of ``mtbench run`` (:data:`~mtpeft_bench.cli.options.RUN_OPTIONS`) for
-all its runs; ``--method``, ``--dataset`` (comma lists) and ``--seeds`` span the grid.
+all its runs; ``--method``, ``--dataset`` (comma lists) and ``--seeds`` span the grid. A sweep file
+(``--config``, running/config_file.py) gives the grid and the shared settings; the command line
+overrides both.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ Examples:
   mtbench sweep --method full,lora --dataset synth --seeds 0-3 --preset smoke --jobs 2   # two runs at a time
   mtbench sweep --method ditask,mtlora --dataset nyud --seeds 0,1,2 --print-commands --nproc-per-node 8 > jobs.txt
   mtbench sweep --protocol synth --out results/synth --plan   # the leaderboard: what it runs, what exists
+  mtbench sweep --config examples/configs/leaderboard_sweep.yaml --seeds 0   # a sweep file; flags override it
 """
 
 
@@ -28,7 +31,10 @@ Examples:
 @click.option("--dataset", "-d", default=None, help="Comma-separated dataset plugins (default: synth).")
 @old_spelling("--methods", "old_methods", "--method")
 @old_spelling("--datasets", "old_datasets", "--dataset")
-@click.option("--seeds", default="0", show_default=True, help="Seeds: 0,1,2 or 0-4.")
+@click.option("--seeds", default=None, help="Seeds: 0,1,2 or 0-4 (default: the --config file's, else 0).")
+@click.option("--config", "config_file", default=None, metavar="FILE",
+              help="A sweep file (YAML): grid: {method, dataset, seeds} and settings: {any run option or --set key}; "
+                   "the command line overrides it.")
 @run_options()
 @click.option("--print-commands", is_flag=True,
               help="Do not run: print one torchrun command per run still to do (stdout), for a scheduler.")
@@ -51,8 +57,8 @@ Examples:
 @click.option("--launcher-opts", "launcher_opts", multiple=True, metavar="KEY=VALUE,...",
               help="Job settings: partition, time (minutes), gpus, cpus, mem_gb, account, qos, constraint, reruns "
                    "(times a job that died is resubmitted, default 1), folder (job logs).")
-def sweep(method, dataset, old_methods, old_datasets, seeds, print_commands, nproc_per_node, nnodes, jobs,
-          protocol, plan_only, launcher, launcher_opts, **options):
+def sweep(method, dataset, old_methods, old_datasets, seeds, config_file, print_commands, nproc_per_node, nnodes,
+          jobs, protocol, plan_only, launcher, launcher_opts, **options):
     """Run every method × dataset × seed with one recipe, one run after another.
 
     Runs whose result (same configuration hash) is already in the results folder are skipped;
@@ -73,8 +79,13 @@ def sweep(method, dataset, old_methods, old_datasets, seeds, print_commands, npr
     from mtpeft_bench.running.sweep import (busy_machine_warning, classify, expand, run_grid, start_jobs,
                                             torchrun_command, wait_jobs)
 
-    methods = require(new_or_old(method, old_methods, "--method", "--methods"), "--method")
-    datasets = new_or_old(dataset, old_datasets, "--dataset", "--datasets", default="synth")
+    from mtpeft_bench.running.config_file import SweepFile, load_sweep_file, settings_as_flags
+
+    plan = load_sweep_file(config_file) if config_file else SweepFile(None)
+    methods = require(new_or_old(method, old_methods, "--method", "--methods") or plan.method, "--method")
+    datasets = new_or_old(dataset, old_datasets, "--dataset", "--datasets") or plan.dataset or "synth"
+    seeds = seeds or plan.seeds or "0"
+    run_file = plan.run
     if nproc_per_node < 1 or nnodes < 1:
         raise UserError("--nproc-per-node and --nnodes must be at least 1")
     if not print_commands and (nproc_per_node > 1 or nnodes > 1):
@@ -90,7 +101,7 @@ def sweep(method, dataset, old_methods, old_datasets, seeds, print_commands, npr
         raise UserError("--jobs runs several sweeps side by side on this machine; it does not combine with "
                         "--print-commands or torchrun")
     points = expand(parse_list(datasets, "dataset"), parse_list(methods, "method"), parse_seeds(seeds),
-                    options["preset"], fields, sets, world_size=world)
+                    options["preset"], fields, sets, world_size=world, config_file=config_file and run_file)
     classify(points)
     import os
 
@@ -115,7 +126,11 @@ def sweep(method, dataset, old_methods, old_datasets, seeds, print_commands, npr
 
     if print_commands:
         # The same options on each run's command line (torchrun_command adds --no-progress itself).
-        run_args = command_line({k: v for k, v in options.items() if k != "no_progress"})
+        run_args = command_line({k: v for k, v in options.items() if k not in ("no_progress", "sets")})
+        if run_file is not None and run_file.preset and not options["preset"]:
+            run_args += ["--preset", run_file.preset]
+        # the file's settings first, as --set items; the command line's own --set items follow and win
+        run_args += settings_as_flags(run_file, fields) + command_line({"sets": options["sets"]})
         for point in points:
             if point.state != "done":
                 click.echo(torchrun_command(point, run_args, nproc_per_node, nnodes))
@@ -133,7 +148,8 @@ def sweep(method, dataset, old_methods, old_datasets, seeds, print_commands, npr
 
         threads = max(cpu_count() // jobs, 1)
         torch.set_num_threads(threads)
-        sweep_args = ["sweep", "--method", methods, "--dataset", datasets, "--seeds", seeds, *command_line(options)]
+        sweep_args = ["sweep", "--method", methods, "--dataset", datasets, "--seeds", seeds, *command_line(options),
+                      *(["--config", config_file] if config_file else [])]
         others = start_jobs(sweep_args, jobs - 1, threads)
         echo(f"sweep: {jobs} jobs share the grid, each with {threads} torch thread(s)")
     finished = False

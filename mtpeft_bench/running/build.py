@@ -100,6 +100,7 @@ def build_training(resolved: ResolvedRun, ctx: Any, device: Any) -> Training:
         UserError: bad weights, missing data, or fewer training samples per process than one batch.
     """
     from mtpeft_bench.model.backbone import create_backbone
+    from mtpeft_bench.model.encoder import enable_grad_checkpointing
     from mtpeft_bench.measure import parameter_groups, parameter_summary
     from mtpeft_bench.model.multitask import build_model, task_outputs_of
     from mtpeft_bench.train import distributed
@@ -110,6 +111,8 @@ def build_training(resolved: ResolvedRun, ctx: Any, device: Any) -> Training:
     backbone, weights = create_backbone(cfg.backbone, resolved.image_size, cfg.weights, cfg.drop_path)
     method = resolved.method_cls()
     model, backbone_ids = build_model(method, resolved.method_cfg, backbone, task_outputs_of(resolved.task_specs))
+    if cfg.grad_checkpoint:
+        enable_grad_checkpointing(model, cfg.backbone)
     model.to(device)
     resolved.dataset.progress = bool(cfg.progress and ctx.is_main)  # a generated dataset's bar, as the training's
     root = resolved.dataset.resolve_root(resolved.data_root)
@@ -130,7 +133,8 @@ def build_training(resolved: ResolvedRun, ctx: Any, device: Any) -> Training:
                         warmup_steps=int(round(cfg.warmup_epochs * steps_per_epoch)))
     trainer = Trainer(trained, resolved.task_specs, device, schedule, weight_decay=cfg.weight_decay,
                       clip_grad=cfg.clip_grad, amp=cfg.amp, amp_dtype=cfg.amp_dtype, loss_weights=cfg.loss_weights,
-                      progress=cfg.progress and ctx.is_main, agree=ctx.any if ctx.distributed else None)
+                      progress=cfg.progress and ctx.is_main, agree=ctx.any if ctx.distributed else None,
+                      accum_steps=cfg.accum_steps)
     optimizer_params = sum(p.numel() for g in trainer.optimizer.param_groups for p in g["params"])
     return Training(model, weights, train_loader, val_loader, steps_per_epoch, groups, summary, trainer,
                     optimizer_params)

@@ -47,7 +47,8 @@ def run(cfg: RunConfig | None = None, /, *, resume: bool | str | None = None, **
 
     Call as ``run(RunConfig(...))`` or ``run(method="ditask", dataset="synth", preset="smoke",
     **overrides)`` (keyword overrides use the same keys as ``--set``; without ``preset``, the
-    dataset's default preset, as on the command line). Under ``torchrun`` every process calls it;
+    dataset's default preset, as on the command line), or ``run(config="run.yaml", **overrides)``
+    with a run file (running/config_file.py) under the overrides. Under ``torchrun`` every process calls it;
     rank 0 writes. ``resume``: None (a new run), True (continue this configuration: resume its
     newest interrupted run, or return its completed record, or start one) or a run id (running/resume.py).
 
@@ -60,7 +61,9 @@ def run(cfg: RunConfig | None = None, /, *, resume: bool | str | None = None, **
     from mtpeft_bench.train import distributed
     from mtpeft_bench.train.fit import FitLoop
 
-    cfg = cfg if cfg is not None else resolve_config(options.pop("preset", None), {}, options)
+    if cfg is None:
+        config_file = options.pop("config", None)
+        cfg = resolve_config(options.pop("preset", None), {}, options, config_file=config_file)
     started = time.time()
     resolved = prepare(cfg)  # names and values
     ctx, device = distributed.setup(cfg.device, pick_device)

@@ -25,21 +25,31 @@ from mtpeft_bench.tasks.base import config_from_mapping
 from mtpeft_bench.tasks.roots import default_data_root
 
 
-def resolve_config(preset: str | None, options: Mapping[str, Any], sets: Mapping[str, Any] | None = None) -> RunConfig:
+def resolve_config(preset: str | None, options: Mapping[str, Any], sets: Mapping[str, Any] | None = None,
+                   config_file: Any = None) -> RunConfig:
     """The configuration of one run, resolved the same way for ``mtbench run``, ``mtbench sweep``
-    and the Python ``run(...)``: defaults → the preset (``preset``, else the dataset's default
-    preset, e.g. ``cpu`` for ``synth``) → ``options`` (None values ignored) → ``sets``.
+    and the Python ``run(...)``: defaults → the preset (``preset``, else the run file's, else the
+    dataset's default preset, e.g. ``cpu`` for ``synth``) → the run file ``config_file``
+    (running/config_file.py; a path, or a ``RunFile`` already read) → ``options`` (None values
+    ignored) → ``sets``.
 
-    The dataset is the one ``sets`` or ``options`` name, else :class:`RunConfig`'s default.
+    The dataset is the one ``sets``, ``options`` or the file name, else :class:`RunConfig`'s default.
 
     Raises:
-        UserError: an unknown dataset or preset, an unknown setting or a bad value.
+        UserError: an unknown dataset or preset, an unknown setting (in the file too) or a bad value.
     """
+    from mtpeft_bench.running.config_file import RunFile, load_run_file
+
     sets = dict(sets or {})
-    named = {**{k: v for k, v in options.items() if v is not None}, **sets}
-    dataset = named.get("dataset", RunConfig.dataset)
-    default_preset = getattr(get_dataset(dataset), "default_preset", "paper")
-    return resolve(preset, options, sets, default_preset=default_preset)
+    if isinstance(config_file, RunFile):
+        run_file = config_file
+    else:
+        run_file = load_run_file(config_file) if config_file is not None else RunFile(Path())
+    named = {**run_file.settings, **{k: v for k, v in options.items() if v is not None}, **sets}
+    dataset = named.get("dataset") or RunConfig.dataset
+    default_preset = getattr(get_dataset(str(dataset)), "default_preset", "paper")
+    return resolve(preset or run_file.preset, options, sets, default_preset=default_preset,
+                   file=run_file.settings, file_name=str(run_file.path))
 
 
 def data_root_for(dataset: Any, explicit: str | Path | None) -> Path | None:
@@ -142,7 +152,8 @@ def check_writable(out: Path, what: str = "results", fix: str = "choose another 
 
 
 def check_before_work(resolved: ResolvedRun, out: Path, runs: Path, is_main: bool = True) -> None:
-    """The checks of paths and weights, in this order: the data folder of a dataset read from disk
+    """The checks of the loggers' libraries (``--logger``), then of paths and weights, in this order:
+    the data folder of a dataset read from disk
     (a generated one gets a one-line warning about ``--data-root``), the results and checkpoint
     folders (on the process that writes), then the backbone and its weights (``--weights timm``:
     the local hub cache, ``HF_HUB_OFFLINE``, a one-second look at the hub).
@@ -150,9 +161,13 @@ def check_before_work(resolved: ResolvedRun, out: Path, runs: Path, is_main: boo
     Raises:
         UserError: the first problem found, in one line.
     """
+    from mtpeft_bench.config import logger_names
     from mtpeft_bench.model.backbone import check_weights
+    from mtpeft_bench.train.logging_sinks import check_available
 
     dataset, cfg = resolved.dataset, resolved.cfg
+    if is_main:
+        check_available(logger_names(cfg.logger))  # a missing optional library: said before any slow step
     if not dataset.requires_root and cfg.data_root and is_main:
         logging.getLogger("mtpeft_bench").warning(
             f"mtbench: warning: {cfg.dataset} is generated, not read: --data-root only sets the folder its generated "

@@ -50,7 +50,10 @@ def start_lines(resolved: Any, ctx: Any, device: Any, training: Any, session: An
         f"backbone {summary['backbone_trainable']:,}, decoder {summary['decoder']:,}) of {summary['total']:,}; "
         f"{len(training.train_loader.dataset)} train / {len(training.val_loader.dataset)} val images; {cfg.epochs} epochs × "
         f"{training.steps_per_epoch} steps; lr {schedule.lr:.3g} (base {cfg.base_lr:.3g} × {cfg.batch_size}"
-        f"{f'×{ctx.world_size}' if ctx.distributed else ''}/{cfg.lr_reference_batch})",
+        f"{f'×{ctx.world_size}' if ctx.distributed else ''}/{cfg.lr_reference_batch})"
+        + (f"; each batch in {cfg.accum_steps} micro-batches of {cfg.batch_size // cfg.accum_steps}"
+           if getattr(cfg, "accum_steps", 1) > 1 else "")
+        + ("; activation checkpointing" if getattr(cfg, "grad_checkpoint", False) else ""),
     ]
     if session.resumed_from is not None:
         lines.append(f"mtbench: resuming run {session.run_id} at epoch {session.start_epoch}, step {session.step_in_epoch}")

@@ -51,15 +51,18 @@ class SweepResult:
 
 
 def expand(datasets: Sequence[str], methods: Sequence[str], seeds: Sequence[int], preset: str | None,
-           options: Mapping[str, Any], sets: Mapping[str, Any], world_size: int = 1) -> list[GridPoint]:
-    """Resolve every grid point (all bad input is found here, before anything runs)."""
+           options: Mapping[str, Any], sets: Mapping[str, Any], world_size: int = 1,
+           config_file: Any = None) -> list[GridPoint]:
+    """Resolve every grid point (all bad input is found here, before anything runs); ``config_file``:
+    the shared settings of a sweep file (running/config_file.py), under ``options`` and ``sets``."""
     from mtpeft_bench.running.setup import prepare, resolve_config, run_hash
 
     points = []
     for dataset in datasets:
         for method in methods:
             for seed in seeds:
-                cfg = resolve_config(preset, {**options, "dataset": dataset, "method": method, "seed": seed}, sets)
+                cfg = resolve_config(preset, {**options, "dataset": dataset, "method": method, "seed": seed}, sets,
+                                     config_file=config_file)
                 points.append(GridPoint(dataset, method, seed, cfg, run_hash(cfg, prepare(cfg), world_size)))
     return points
 

@@ -114,15 +114,23 @@ def oom_advice(cfg: Any, image_size: tuple[int, int], phase: str, world_size: in
         current = cfg.eval_batch_size or cfg.batch_size
         tips.append(f"--set eval_batch_size={max(1, current // 2)}")
     else:
+        # First what keeps the recipe (the effective batch and the LR): smaller micro-batches, recomputed
+        # activations; only then a smaller batch.
+        accum = getattr(cfg, "accum_steps", 1)
+        if cfg.batch_size % (2 * accum) == 0:
+            tips.append(f"--set accum_steps={2 * accum} (micro-batches of {cfg.batch_size // (2 * accum)}: the batch "
+                        "and the LR stay)")
+        if on_gpu and not getattr(cfg, "grad_checkpoint", False):
+            tips.append("--set grad_checkpoint=true (recompute the Swin blocks' activations in the backward pass)")
         half = max(1, cfg.batch_size // 2)
         if half == cfg.batch_size:
             tips.append("a smaller model or more GPU memory (batch size is already 1)" if on_gpu
                         else "a smaller model or more RAM (batch size is already 1)")
         elif on_gpu:
-            tips.append(f"--batch-size {half} (the LR follows the global batch; keep it with twice the processes "
-                        f"via torchrun --nproc_per_node {2 * world_size})")
+            tips.append(f"--batch-size {half} (changes the recipe: the LR follows the global batch; keep it with "
+                        f"twice the processes via torchrun --nproc_per_node {2 * world_size})")
         else:
-            tips.append(f"--batch-size {half} (the LR follows the batch)")
+            tips.append(f"--batch-size {half} (changes the recipe: the LR follows the batch)")
     if on_gpu and not cfg.amp:
         tips.append("--set amp=true (float16/bfloat16 activations)")
     h, w = image_size
@@ -130,10 +138,12 @@ def oom_advice(cfg: Any, image_size: tuple[int, int], phase: str, world_size: in
     if not on_gpu and cfg.num_workers > 0:
         tips.append(f"--set num_workers={cfg.num_workers // 2} (each data worker holds its own batches)")
     during = "training" if phase == "train" else "evaluation"
+    accum = getattr(cfg, "accum_steps", 1)
+    micro = f" in {accum} micro-batches" if accum > 1 and phase == "train" else ""
     if not on_gpu:
-        return (f"the CPU ran out of memory (RAM) during {during} (batch {cfg.batch_size} per process, {h}x{w} px, "
+        return (f"the CPU ran out of memory (RAM) during {during} (batch {cfg.batch_size} per process{micro}, {h}x{w} px, "
                 f"{cfg.num_workers} data workers); try: " + "; ".join(tips))
-    return (f"CUDA ran out of memory during {during} (batch {cfg.batch_size} per process, {h}x{w} px, "
+    return (f"CUDA ran out of memory during {during} (batch {cfg.batch_size} per process{micro}, {h}x{w} px, "
             f"AMP {'on' if cfg.amp else 'off'}); try: " + "; ".join(tips))
 
 

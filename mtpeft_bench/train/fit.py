@@ -1,6 +1,7 @@
 """The epochs of one run (or of its rest, when resumed): train, evaluate periodically, write
-checkpoints, and end cleanly when stopped (Ctrl-C/SIGTERM), when the loss diverges or when memory
-runs out (failures.py). The run pipeline builds everything; the :class:`~mtpeft_bench.train.trainer.Trainer`
+checkpoints, log every step and evaluation as it happens (logging_sinks.py: ``metrics.jsonl`` and
+the ``--logger`` libraries), and end cleanly when stopped (Ctrl-C/SIGTERM), when the loss diverges
+or when memory runs out (failures.py). The run pipeline builds everything; the :class:`~mtpeft_bench.train.trainer.Trainer`
 takes the steps; the run session (running/session.py) owns the run folder this loop saves into.
 """
 
@@ -21,6 +22,7 @@ from mtpeft_bench.train.distributed import DistContext, set_epoch
 from mtpeft_bench.train.evaluation import evaluate
 from mtpeft_bench.train.failures import (RunCancelled, RunFailed, StopOnSignal, oom_advice, out_of_memory_where,
                                           user_error_from_worker)
+from mtpeft_bench.train.logging_sinks import LiveLog
 from mtpeft_bench.train.trainer import EpochStats, Trainer, TrainingDiverged
 
 
@@ -32,6 +34,7 @@ class RunRecorder(Protocol):
     partial: dict[str, Any] | None
     history: list[dict[str, Any]]
     elapsed_before: float
+    resumed_from: list[int] | None  # [epoch, step in epoch] of the checkpoint resumed from; None: a new run
 
     @property
     def folder(self) -> Path: ...
@@ -85,6 +88,7 @@ class FitLoop:
         self.train_loader, self.val_loader = train_loader, val_loader
         self.history = session.history
         self.started = time.time()
+        self.live: LiveLog | None = None
 
     def elapsed(self) -> float:
         """Training wall time of the run so far, over all its sessions."""
@@ -115,12 +119,15 @@ class FitLoop:
         trainer.after_step = self._method_after_step()
         reset_peak_memory(self.device)
         try:
+            self.live = self._open_live_log()
+            trainer.on_step = lambda info: self.live.train_step(info, self.elapsed())
             with stop:
                 for epoch in range(session.start_epoch, self.cfg.epochs + 1):
                     self._epoch(epoch, say, stop)
                 train_peak, memory_kind = peak_memory_mb(self.device)
                 self.phase = "eval"
                 metrics, infer = self.evaluate()
+                self.live.evaluation(trainer.step, self.cfg.epochs, metrics, self.elapsed(), final=True)
                 if self.history:
                     self.history[-1]["val"] = metrics
                 peak, _ = peak_memory_mb(self.device)
@@ -146,6 +153,10 @@ class FitLoop:
             advice = oom_advice(self.cfg, self.image_size, self.phase, self.ctx.world_size, where)
             session.mark("failed", advice)
             raise RunFailed(advice) from None
+        finally:
+            trainer.on_step = None
+            if self.live is not None:
+                self.live.close()
         return FitResult(metrics, infer, train_peak, memory_kind, peak, self.history)
 
     def _method_after_step(self) -> Callable[[int], None] | None:
@@ -156,6 +167,15 @@ class FitLoop:
             return None
         total = self.trainer.schedule.total_steps
         return lambda step: hook(step, total)
+
+    def _open_live_log(self) -> LiveLog:
+        """The run's live logs; a resumed run continues them after its checkpoint's step."""
+        from mtpeft_bench.config import logger_names
+
+        resumed = self.session.resumed_from is not None
+        return LiveLog(self.session.folder, self.session.run_id, self.cfg.to_dict(), logger_names(self.cfg.logger),
+                       self.trainer.step if resumed else None, {s.name: s.primary.name for s in self.task_specs},
+                       active=self.ctx.is_main)
 
     def _epoch(self, epoch: int, say: Callable[[str], None], stop: StopOnSignal) -> None:
         cfg, session = self.cfg, self.session
@@ -182,6 +202,7 @@ class FitLoop:
         if cfg.eval_every and epoch % cfg.eval_every == 0 and not last:
             self.phase = "eval"
             entry["val"], _ = self.evaluate(periodic=True)
+            self.live.evaluation(self.trainer.step, epoch, entry["val"], self.elapsed())
         self.history.append(entry)
         rate = self.trainer.train_throughput.last_rate
         say(f"epoch {epoch}/{cfg.epochs}: loss {entry['loss']:.4f} · lr {stats.lr:.3g} · {stats.seconds:.1f} s"

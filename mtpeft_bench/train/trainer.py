@@ -1,13 +1,21 @@
 """The training step and epoch of every method: one :class:`Trainer` owns a run's optimisation state.
 
 Gradient-norm clipping, AMP on CUDA (a gradient scaler for float16), the weighted multi-task loss
-plus a method's extra loss, and a per-step agreement between processes on stopping and on
-non-finite losses. The optimizer and schedule are :mod:`~mtpeft_bench.train.optim`'s.
+plus a method's extra loss, gradient accumulation over micro-batches, and a per-step agreement
+between processes on stopping and on non-finite losses. The optimizer and schedule are
+:mod:`~mtpeft_bench.train.optim`'s.
+
+Gradient accumulation (``accum_steps`` N): the loader still yields the step's whole batch; each of
+its N equal slices is forwarded and back-propagated on its own with its loss divided by N, so the
+summed gradient is the gradient of the mean of the slices' losses — the batch's loss when each
+loss is a mean over samples (a loss averaged over valid pixels averages per slice, as DDP averages
+per process). Activations are held for one slice at a time.
 """
 
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -62,6 +70,8 @@ class Trainer:
             belong to a step that counts).
         after_step: called with the global step (1, 2, ...) after every optimizer step, while the
             gradients are still in place (the fit loop sets it to the method's ``after_step`` hook).
+        accum_steps: micro-batches per step (see the module docstring); the batch must split evenly.
+        on_step: called after every step with ``{step, epoch, loss, task_losses, lr}`` (live logs).
     """
 
     model: nn.Module
@@ -79,6 +89,8 @@ class Trainer:
     stop_requested: Callable[[], bool] | None = None
     after_step: Callable[[int], None] | None = None
     stopping: bool = False  # every process agreed to stop after the current step
+    accum_steps: int = 1  # micro-batches per step (the batch is split into this many equal slices)
+    on_step: Callable[[dict[str, Any]], None] | None = None  # told of every step (train/logging_sinks.py)
 
     def __post_init__(self) -> None:
         self.optimizer, self.scheduler = make_optimizer(self.model, self.schedule, self.weight_decay)
@@ -103,14 +115,31 @@ class Trainer:
         return total, per_task
 
     def train_step(self, images: torch.Tensor, targets: dict[str, torch.Tensor]) -> tuple[float, dict[str, float]]:
-        """One optimisation step; returns the loss and the per-task (unweighted) losses."""
+        """One optimisation step on a batch (B, 3, H, W), taken in ``accum_steps`` micro-batches of
+        B / accum_steps; returns the loss and the per-task (unweighted) losses, averaged over the slices."""
+        n = self.accum_steps
+        if images.shape[0] % n:
+            raise ValueError(f"a batch of {images.shape[0]} does not split into {n} equal micro-batches")
+        image_slices = images.chunk(n)
+        target_slices = [dict(zip(targets, parts)) for parts in zip(*(t.chunk(n) for t in targets.values()))] \
+            if targets else [{} for _ in range(n)]
+        no_sync = getattr(self.model, "no_sync", None)  # DDP: reduce gradients once, after the last slice
+        total_sum = 0.0
+        task_sums = dict.fromkeys(self.tasks, 0.0)
         with self.train_throughput.time(images.shape[0]):
-            with autocast(self.device, self.amp, self.amp_dtype):
-                outputs = self.model(images)
-            total, per_task = self._loss(outputs, targets)
-            self.stopping = self._check(total, per_task)
             self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(total).backward()
+            for i, (micro_images, micro_targets) in enumerate(zip(image_slices, target_slices)):
+                last = i == n - 1
+                with (no_sync() if no_sync is not None and not last else nullcontext()):
+                    with autocast(self.device, self.amp, self.amp_dtype):
+                        outputs = self.model(micro_images)
+                    total, per_task = self._loss(outputs, micro_targets)
+                    stop = self._check(total, per_task)
+                    self.scaler.scale(total / n if n > 1 else total).backward()
+                total_sum += total.item()
+                for t, v in per_task.items():
+                    task_sums[t] += v.item()
+            self.stopping = stop
             if self.clip_grad:
                 self.scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(self.trainable, self.clip_grad)
@@ -120,7 +149,7 @@ class Trainer:
         self.scheduler.step_update(self.step)
         if self.after_step is not None:
             self.after_step(self.step)
-        return total.item(), {t: v.item() for t, v in per_task.items()}
+        return total_sum / n, {t: v / n for t, v in task_sums.items()}
 
     def _check(self, total: torch.Tensor, per_task: dict[str, torch.Tensor]) -> bool:
         """Agree with the other processes on non-finite losses (raise) and on stopping after this step
@@ -161,6 +190,9 @@ class Trainer:
                 break
             images, targets = to_device(batch, self.tasks, self.device)
             loss, losses = self.train_step(images, targets)
+            if self.on_step is not None:
+                self.on_step({"step": self.step, "epoch": epoch, "loss": loss, "task_losses": losses,
+                              "lr": self.current_lr()})
             total += loss
             for t, v in losses.items():
                 per_task[t] += v
