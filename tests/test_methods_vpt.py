@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from helpers import micro_backbone, run_cli
+from helpers import run_cli
 from helpers.baseline import DECODER, SUM_BC, SWIN_T_C, reference_features, swin_t_model, trainable
 from mtpeft_bench.errors import UserError
 from mtpeft_bench.registry import get_method
@@ -67,9 +67,11 @@ class NaivePromptAttention(nn.Module):
         return torch.stack(outs)
 
 
-def build(method, seed=0, size=128, **options):
+def build(method, seed=0, size=128, backbone_name="swin_micro", **options):
+    from mtpeft_bench.model.backbone import create_backbone
+
     torch.manual_seed(seed)
-    backbone = micro_backbone(img_size=(size, size))
+    backbone, _ = create_backbone(backbone_name, (size, size), "none", 0.0)
     pristine = copy.deepcopy(backbone).eval()
     encoder = get_method(method)().build(backbone, ["a", "b"], config(method, **options)).eval()
     return encoder, pristine
@@ -132,6 +134,25 @@ def test_shallow_prompt_stream_matches_the_reference(order):
         want = shallow_reference(pristine, encoder.prompts[0][0].detach(), images)
     for g, w in zip(got["a"], want):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["vpt_shallow", "vpt_deep"])
+def test_swin_t_matches_the_reference(method):
+    encoder, pristine = build(method, size=224, backbone_name="swin_tiny_patch4_window7_224", prompt_length=2)
+    wrap_attention(pristine)
+    images = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        got = encoder(images)["a"]
+        if method == "vpt_shallow":
+            want = shallow_reference(pristine, encoder.prompts[0][0], images)
+        else:
+            for stage, prompts in zip(pristine.layers, encoder.prompts):
+                for block, prompt in zip(stage.blocks, prompts):
+                    block.attn.prompts = prompt.unsqueeze(0)
+            want = reference_features(pristine, images)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-4)
 
 
 def test_official_window_order_mixes_the_images_of_a_batch():
