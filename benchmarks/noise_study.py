@@ -49,7 +49,7 @@ def train_and_slice(method: str, seed: int, args: argparse.Namespace) -> dict:
     resolved = prepare(cfg)
     backbone, _ = create_backbone(cfg.backbone, resolved.image_size, "none", cfg.drop_path)
     model, _ = build_model(resolved.method_cls(), resolved.method_cfg, backbone, task_outputs_of(resolved.task_specs))
-    restore_model(load_checkpoint(Path(record["execution"]["run_dir"]) / "last.safetensors"), model)
+    restore_model(load_checkpoint(Path(sets["runs_dir"]) / record["run_id"] / "last.safetensors"), model)
     root = resolved.dataset.resolve_root(resolved.data_root)
     val_set = resolved.dataset.build("val", resolved.task_specs, resolved.image_size, root, train=False)
     size = len(val_set) // args.parts
@@ -96,7 +96,36 @@ def analyse(out: Path) -> dict:
             table[t] = components(grid)
         report["methods"][m] = {"seeds": [r["seed"] for r in runs], "slice_size": runs[0]["slice_size"],
                                 "components": table}
+    report["detectable_delta_m"] = detectable_differences(report)
     return report
+
+
+def detectable_differences(report: dict, seeds: tuple[int, ...] = (3, 5), alpha: float = 0.05,
+                           power: float = 0.8) -> dict:
+    """The smallest Δm difference between two methods that the protocol resolves, per validation size.
+
+    With σ the pooled seed-to-seed standard deviation of Δm (over the methods studied) on a fixed
+    validation split of k slices, and n seeds per method:
+    - ``disjoint_ci``: the gap at which two 95 % Student-t intervals stop overlapping,
+      2 · t(0.975, n−1) · σ/√n;
+    - ``two_sample_test``: the gap a two-sided two-sample t-test (α = 0.05) detects with 80 %
+      power, (t(1−α/2, 2n−2) + t(power, 2n−2)) · σ · √(2/n).
+    """
+    from scipy import stats
+
+    methods = report["methods"].values()
+    ks = list(next(iter(methods))["components"]["delta_m"]["sd_over_seeds_by_val_slices"])
+    out = {}
+    for k in ks:
+        sigma = math.sqrt(sum(m["components"]["delta_m"]["sd_over_seeds_by_val_slices"][k] ** 2
+                              for m in methods) / len(methods))
+        out[k] = {"sigma": sigma}
+        for n in seeds:
+            out[k][f"{n}_seeds"] = {
+                "disjoint_ci": 2 * stats.t.ppf(0.975, n - 1) * sigma / math.sqrt(n),
+                "two_sample_test": (stats.t.ppf(1 - alpha / 2, 2 * n - 2) + stats.t.ppf(power, 2 * n - 2))
+                * sigma * math.sqrt(2 / n)}
+    return out
 
 
 def components(grid) -> dict:

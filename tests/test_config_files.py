@@ -13,6 +13,8 @@ from helpers import REPO, one_error_line, run_cli
 from mtpeft_bench.config import PRESETS, RunConfig
 from mtpeft_bench.running.config_file import load_run_file, load_sweep_file
 from mtpeft_bench.running.setup import resolve_config
+from mtpeft_bench.results import stored_path
+from mtpeft_bench.running.record import PATH_SETTINGS
 
 EXAMPLES = REPO / "examples" / "configs"
 
@@ -101,8 +103,16 @@ def test_print_config_is_what_the_result_records_and_the_record_reruns(tmp_path,
     [record_path] = out_dir.rglob("*.json")
     record = json.loads(record_path.read_text())
     parts = yaml.safe_load(printed)
-    for key in ("config", "method_config", "data_config", "config_hash"):
+    for key in ("method_config", "data_config", "config_hash"):
         assert parts[key] == record[key], key
+    # the record stores its path settings relative to its results folder; --print-config shows them as given
+    recorded = {k: v for k, v in record["config"].items() if k not in PATH_SETTINGS}
+    assert {k: v for k, v in parts["config"].items() if k not in PATH_SETTINGS} == recorded
+    loaded = {**record, "_path": str(record_path)}
+    for key in PATH_SETTINGS:
+        shown = parts["config"][key]
+        assert (stored_path(loaded, record["config"][key]) == Path(shown).resolve()) if shown else \
+            not record["config"][key], key
     # the record is a run file: with --resume it is found completed (same configuration hash)
     code, out, err = run_cli(["run", "--config", str(record_path), "--resume"], capsys)
     assert code == 0 and "already completed" in err

@@ -138,8 +138,24 @@ def load_run_file(path: str | Path) -> RunFile:
     path = Path(path).expanduser()
     data = read_mapping(path, "run file")
     if isinstance(data.get("config"), dict):  # a record: the rest of it (metrics, costs ...) is not settings
-        return _from_record(flatten_settings(data["config"], path))
+        return _from_record(flatten_settings(_paths_on_this_machine(data, path), path))
     return flatten_settings(data, path)
+
+
+def _paths_on_this_machine(data: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    """The configuration of a result record with its path settings (stored relative to the record's
+    results folder, running/record.py) as paths here; ``--print-config`` output is returned as is."""
+    from mtpeft_bench.results import stored_path
+    from mtpeft_bench.running.record import PATH_SETTINGS
+
+    config = dict(data["config"])
+    if "schema_version" not in data:
+        return config
+    located = {**data, "_path": str(path)}
+    for key in PATH_SETTINGS:
+        if config.get(key):
+            config[key] = str(stored_path(located, config[key]))
+    return config
 
 
 def _from_record(run: RunFile) -> RunFile:
