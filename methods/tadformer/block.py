@@ -173,7 +173,8 @@ class PromptedBlock(nn.Module):
         dropped = proj.lora_dropout(out)
         y = attn.proj_drop(base + proj.delta(dropped))
         p_hat = y[:, :t_len].reshape(b, n_win, t_len, c).mean(dim=1)
-        x1 = x + blk.drop_path1(self._from_windows(y[:, t_len:].reshape(bw, *blk.window_size, c), padded.shape, h, w))
+        attn_map = self._from_windows(y[:, t_len:].reshape(bw, *blk.window_size, c), padded.shape, h, w)
+        x1 = x + blk.drop_path1(attn_map)
 
         mlp = blk.mlp
         n2 = blk.norm2(x1)
@@ -204,5 +205,6 @@ class PromptedBlock(nn.Module):
             a_t = mlp.norm(mlp.drop1(mlp.act(h_t)))
             m_t = mlp.drop2(fc2_base + filtered_term(mlp.fc2, filters["fc2"], a_t, task))
             tasks[task] = x1_t + blk.drop_path2(m_t)
-            skips[task] = self._from_windows(skip_windows(tpc, blk.window_size, self.skip_layout), padded.shape, h, w)
+            skip = skip_windows(tpc, blk.window_size, self.skip_layout)
+            skips[task] = self._from_windows(skip, padded.shape, h, w)
         return x_out, prompts, tasks, skips

@@ -100,7 +100,8 @@ class TADFormer(Method):
                     owner = getattr(block, parent)
                     linear = getattr(owner, child)
                     if not isinstance(linear, nn.Linear):
-                        raise TypeError(f"tadformer expects nn.Linear at {parent}.{child}, found {type(linear).__name__}")
+                        raise TypeError(f"tadformer expects nn.Linear at {parent}.{child}, "
+                                        f"found {type(linear).__name__}")
                     setattr(owner, child, SharedLoRALinear(linear, cfg.rank, cfg.scale, cfg.dropout))
         info = {"rank": cfg.rank, "scale": float(cfg.scale), "dropout": float(cfg.dropout), "filter": cfg.filter,
                 "skip_layout": cfg.skip_layout, "skip": cfg.skip, "train_patch_embed": cfg.train_patch_embed}
