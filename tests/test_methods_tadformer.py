@@ -24,6 +24,7 @@ from mtpeft_bench.tasks.base import config_from_mapping
 
 
 TASKS = ("a", "b", "c")
+pytestmark = pytest.mark.usefixtures("one_thread")  # every test runs encoders: one torch thread (conftest)
 
 
 def config(**options):
@@ -301,7 +302,7 @@ def test_invalid_options_are_one_line_errors(options, message):
 
 
 @pytest.mark.parametrize("name, size", [("swin_micro", 64), ("swin_mini", 64), ("swin_tiny_patch4_window7_224", 224)])
-def test_every_builtin_backbone(name, size, one_thread):
+def test_every_builtin_backbone(name, size):
     from mtpeft_bench.model.backbone import create_backbone
 
     backbone, _ = create_backbone(name, (size, size), "none", 0.1)
