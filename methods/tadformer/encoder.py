@@ -90,7 +90,9 @@ class TADFormerEncoder(nn.Module):
     def forward(self, images: torch.Tensor) -> dict[str, list[torch.Tensor]]:
         """images (B, 3, H, W) → {task: [4 NCHW features]}."""
         x = self.backbone.patch_embed(images)  # (B, H/4, W/4, C)
-        prompts = self.task_prompts[None].expand(x.shape[0], -1, -1)
+        # A copy, not a view: a view made under no_grad still "requires grad" without a grad_fn, which
+        # breaks torch's module tracker (FLOP counting) when passed to a block.
+        prompts = self.task_prompts.repeat(x.shape[0], 1, 1)
         feats: dict[str, list[torch.Tensor]] = {t: [] for t in self.tasks}
         mixed: dict[str, torch.Tensor] | None = None
         for s, stage in enumerate(self.backbone.layers):
