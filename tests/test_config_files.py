@@ -121,8 +121,14 @@ def test_print_config_is_what_the_result_records_and_the_record_reruns(tmp_path,
 
 def test_example_run_files_resolve():
     synth = resolve_config(None, {}, {}, config_file=EXAMPLES / "leaderboard_synth.yaml")
-    assert (synth.dataset, synth.preset, synth.method) == ("synth", "cpu", "full")
-    assert synth.backbone == PRESETS["cpu"]["backbone"] and synth.epochs == PRESETS["cpu"]["epochs"]
+    assert (synth.dataset, synth.preset, synth.method) == ("synth", "bench", "full")
+    assert synth.backbone == PRESETS["bench"]["backbone"] and synth.epochs == PRESETS["bench"]["epochs"]
+    # the leaderboard protocol's recipe: its preset and its fixed settings
+    from mtpeft_bench.running.protocol import load_protocol
+
+    protocol = load_protocol("synth")
+    assert protocol.preset == synth.preset
+    assert {f"data.{k}": v for k, v in synth.data_options.items()} == dict(protocol.settings)
     paper = resolve_config(None, {}, {}, config_file=EXAMPLES / "paper_pascal_mt.yaml")
     assert (paper.dataset, paper.preset, paper.method) == ("pascal_mt", "paper", "ditask")
     # the written-out recipe is the preset's: the same configuration as the preset alone
@@ -138,7 +144,8 @@ def test_example_sweep_file_expands_to_its_grid():
     methods = plan.method.split(",")
     points = expand(plan.dataset.split(","), methods, [0, 1, 2], None, {}, {}, config_file=plan.run)
     assert len(points) == len(methods) * 3 and len(methods) >= 7
-    assert {p.cfg.preset for p in points} == {"cpu"} and {p.cfg.tag for p in points} == {"leaderboard"}
+    assert {p.cfg.preset for p in points} == {"bench"} and {p.cfg.tag for p in points} == {"shared-lr"}
+    assert {p.cfg.data_options["num_val"] for p in points} == {1000}
     assert len({p.config_hash for p in points}) == len(points)
 
 
@@ -147,7 +154,7 @@ def test_dry_run_of_the_synth_example_builds_the_model_and_writes_nothing(tmp_pa
     code, out, err = run_cli(["run", "--config", str(EXAMPLES / "leaderboard_synth.yaml"), "--set", "accum_steps=4",
                               "--dry-run"], capsys)
     assert code == 0, err
-    code, params_json, err = run_cli(["params", "--method", "full", "--preset", "cpu", "--format", "json"], capsys)
+    code, params_json, err = run_cli(["params", "--method", "full", "--preset", "bench", "--format", "json"], capsys)
     assert code == 0, err
     total = json.loads(params_json)["summary"]["total"]
     assert f"{total:,}" in out  # the parameter counts of the model mtbench params builds
