@@ -105,8 +105,7 @@ def check_archive(path: Path, official_name: str, expected: str | None = None,
     """
     given = expected is not None
     expected = (expected or official_sha256(official_name) or "").strip().lower() or None
-    if expected is None:
-        progress(f"no official SHA-256 is known for {official_name}; the content of {path.name} is not checked")
+    if expected is None:  # said after a successful prepare (a failing one answers in one line)
         return None
     progress(f"checking the SHA-256 of {path.name} ...")
     actual = sha256_of(path)
@@ -151,8 +150,7 @@ def prepare(plugin: Any, source: Path, data_root: Path | None, symlink: bool = F
         if source.is_file():
             if not source.name.endswith(ARCHIVE_SUFFIXES):
                 raise UserError(f"{source} is neither a folder nor a .tgz/.tar.gz/.tar archive")
-            if check:
-                check_archive(source, plugin.archive, sha256, progress)
+            digest = check_archive(source, plugin.archive, sha256, progress) if check else None
             tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=data_root))
             try:
                 extract(source, tmp, progress)
@@ -164,6 +162,9 @@ def prepare(plugin: Any, source: Path, data_root: Path | None, symlink: bool = F
                 os.replace(found, dest)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
+            if check and digest is None:
+                progress(f"no official SHA-256 is known for {plugin.archive}; the content of {source.name} "
+                         "was not checked against one")
         else:
             found = find_in_tree(source, markers)
             if found is None:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from helpers import micro_backbone, one_error_line, run_cli
+from mtpeft_bench.results import stored_path
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -47,7 +48,10 @@ def lora_run(tmp_path_factory):
         torch.set_num_threads(before)
     assert info.value.code == 0
     (path,) = list(out.rglob("*.json"))
-    return tmp, json.loads(path.read_text()), path
+    record = json.loads(path.read_text())
+    # the record stores its run folder relative to its results folder: the tests use the folder itself
+    record["execution"]["run_dir"] = str(stored_path({**record, "_path": str(path)}, record["execution"]["run_dir"]))
+    return tmp, record, path
 
 
 def test_lora_export_reload_and_eval_give_the_runs_metrics(lora_run, capsys):

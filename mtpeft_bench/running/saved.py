@@ -97,7 +97,9 @@ def find_saved(ref: str, runs_dir: Path) -> SavedModel:
         run_dir = ((record or {}).get("execution") or {}).get("run_dir")
         if not run_dir:
             raise UserError(f"{path} is not a result record of a run (no execution.run_dir)")
-        saved = _from_run_folder(Path(run_dir))
+        from mtpeft_bench.results import stored_path
+
+        saved = _from_run_folder(stored_path({**record, "_path": str(path)}, run_dir))
         saved.record = record
         return saved
     if (runs_dir / ref).is_dir():

@@ -130,7 +130,13 @@ class WandbSink:
         self.run.log({k: v for k, v in scalars(entry).items() if v is not None}, step=entry["step"])
 
     def close(self) -> None:
+        import wandb
+
         self.run.finish()
+        # finish() returns before wandb's service process has written the offline log (wandb 0.31);
+        # teardown waits for it, so the run's log is complete when the run is (the next run that
+        # logs to wandb in this process starts the service again)
+        wandb.teardown()
 
 
 def scalars(entry: Mapping[str, Any]) -> dict[str, float | None]:
