@@ -224,5 +224,5 @@ def test_bad_sweep_files_get_one_line(tmp_path, capsys, content, expected):
 
 def test_a_run_file_may_nest_or_dot_plugin_options():
     nested = load_run_file(EXAMPLES / "leaderboard_synth.yaml")
-    assert nested.preset == "cpu" and "preset" not in nested.settings
+    assert nested.preset == "bench" and "preset" not in nested.settings
     assert RunConfig().dataset == "synth"

@@ -21,7 +21,7 @@ from mtpeft_bench.running.launchers import executor_parameters, make_executor, p
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-EPOCHS = 3
+EPOCHS = 12  # enough epochs after the first checkpoint for the killer (polling every 20 ms) to see it
 GRID = ["sweep", "--method", "full", "--dataset", "synth", "--seeds", "0", "--preset", "smoke", "--tasks", "semseg,depth",
         "--set", "data.num_train=8", "--set", "data.num_val=4", "--batch-size", "4", "--epochs", str(EPOCHS),
         "--no-progress", "--set", "measure_repeats=0", "--launcher", "local"]
