@@ -54,12 +54,13 @@ class BottleneckAdapter(nn.Module):
 
 
 class WithAdapter(nn.Module):
-    """``adapter(layer(x))``: a frozen layer followed by its adapter."""
+    """``adapter(layer(x))``: a frozen layer followed by its adapter (any module mapping the layer's
+    output to the same shape; Compacter's PHM adapter uses it too)."""
 
-    def __init__(self, layer: nn.Linear, width: int):
+    def __init__(self, layer: nn.Linear, adapter: nn.Module):
         super().__init__()
         self.layer = layer
-        self.adapter = BottleneckAdapter(layer.out_features, width)
+        self.adapter = adapter
 
     @property
     def in_features(self) -> int:
@@ -114,7 +115,8 @@ class Adapter(Method):
         extras = extra_parameters(backbone)
         for stage in backbone.layers:
             for block in stage.blocks:
-                block.attn.proj = WithAdapter(block.attn.proj, cfg.bottleneck)
-                block.mlp.fc2 = WithAdapter(block.mlp.fc2, cfg.bottleneck)
+                block.attn.proj = WithAdapter(block.attn.proj, BottleneckAdapter(block.attn.proj.out_features,
+                                                                                 cfg.bottleneck))
+                block.mlp.fc2 = WithAdapter(block.mlp.fc2, BottleneckAdapter(block.mlp.fc2.out_features, cfg.bottleneck))
         set_trainable(extras, cfg.train_extras)
         return AdapterEncoder(backbone, tasks, cfg)

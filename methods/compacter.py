@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtpeft_bench.methods.base import Method, MethodConfig, freeze
+from mtpeft_bench.methods.adapter import WithAdapter
 from mtpeft_bench.model.encoder import MultiTaskSwinEncoder
 from mtpeft_bench.registry import register_method
 
@@ -104,24 +105,8 @@ class PHMAdapter(nn.Module):
         return h + self.up(F.gelu(self.down(h), approximate="tanh"))
 
 
-class WithPHMAdapter(nn.Module):
-    """``adapter(layer(x))``: a frozen linear followed by its Compacter adapter."""
-
-    def __init__(self, layer: nn.Linear, adapter: PHMAdapter):
-        super().__init__()
-        self.layer = layer
-        self.adapter = adapter
-
-    @property
-    def in_features(self) -> int:
-        return self.layer.in_features
-
-    @property
-    def out_features(self) -> int:
-        return self.layer.out_features
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.adapter(self.layer(x))
+class WithPHMAdapter(WithAdapter):
+    """``adapter(layer(x))``: a frozen linear followed by its Compacter (PHM) adapter."""
 
 
 def _positive_int(name: str, value) -> None:
