@@ -116,12 +116,13 @@ def sweep(method, dataset, old_methods, old_datasets, seeds, config_file, print_
          f"{counts['new']} to start")
 
     if launcher != "inprocess":  # one job per run (running/launchers.py)
-        from mtpeft_bench.running.launchers import finish, launch_grid, parse_launcher_opts
+        from mtpeft_bench.running.launchers import launch_grid, parse_launcher_opts
 
         if print_commands or world > 1:
             raise UserError("--launcher local/slurm submits the runs itself; it does not combine with "
                             "--print-commands or torchrun")
-        finish(launch_grid(points, launcher, parse_launcher_opts(launcher_opts), jobs, echo), len(points), echo)
+        finish(launch_grid(points, launcher, parse_launcher_opts(launcher_opts), jobs, echo), len(points), echo,
+               also_see="the job logs")
         return
 
     if print_commands:
@@ -158,12 +159,17 @@ def sweep(method, dataset, old_methods, old_datasets, seeds, config_file, print_
         finished = True
     finally:
         codes = wait_jobs(others, stop=not finished)
+    finish(result, len(points), echo)
+    if any(codes):
+        raise click.ClickException(f"{sum(c != 0 for c in codes)} of the other {len(codes)} sweep jobs failed; "
+                                   "see their messages above")
+
+
+def finish(result, total: int, echo, also_see: str = "") -> None:
+    """The sweep's last line (in-process or through a launcher); exit status 1 when any run failed."""
     echo(f"sweep: {len(result.completed)} completed, {len(result.skipped)} skipped, {len(result.failed)} failed"
          + (f", {len(result.elsewhere)} running in another process" if result.elsewhere else ""))
     if result.failed:
         names = ", ".join(name for name, _ in result.failed)
-        raise click.ClickException(f"{len(result.failed)} of {len(points)} runs failed ({names}); "
-                                   "see the messages above and the run folders' run.json")
-    if any(codes):
-        raise click.ClickException(f"{sum(c != 0 for c in codes)} of the other {len(codes)} sweep jobs failed; "
-                                   "see their messages above")
+        raise click.ClickException(f"{len(result.failed)} of {total} runs failed ({names}); see the messages above"
+                                   f"{', ' + also_see + ' ' if also_see else ' '}and the run folders' run.json")

@@ -228,15 +228,3 @@ def _died(job: Any, submitit: Any) -> str | None:
 def _merge(into: Any, part: Any) -> None:
     for name in ("skipped", "completed", "failed", "elsewhere"):
         getattr(into, name).extend(getattr(part, name))
-
-
-def finish(result: Any, total: int, echo: Callable[[str], None]) -> None:
-    """The sweep's last line, as the in-process sweep writes it; exit status 1 when any run failed."""
-    import click
-
-    echo(f"sweep: {len(result.completed)} completed, {len(result.skipped)} skipped, {len(result.failed)} failed"
-         + (f", {len(result.elsewhere)} running in another process" if result.elsewhere else ""))
-    if result.failed:
-        names = ", ".join(name for name, _ in result.failed)
-        raise click.ClickException(f"{len(result.failed)} of {total} runs failed ({names}); see the messages above, "
-                                   "the job logs and the run folders' run.json")
