@@ -6,8 +6,8 @@ Seeds are shown as mean ± the half-width of the 95 % confidence interval of the
 compared, two columns give the paired tests of Δm (:mod:`mtpeft_bench.report.significance`):
 against the reference method and against the best row. Optional columns (GFLOPs, memory, images/s,
 model FLOPs utilisation, latency, merged latency, the source of published rows, parameter groups)
-appear only when some row has a value. CSV keeps numbers numeric, with means, interval half-widths and counts in
-separate columns. The notes under the table are in :mod:`mtpeft_bench.report.document`.
+appear only when some row has a value. CSV keeps numbers numeric, with means, interval half-widths
+and counts in separate columns. The notes under the table are in :mod:`mtpeft_bench.report.document`.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """What a run shows a person: the lines it logs as it starts, and the summary the command line
-prints when it ends (the per-task metrics table, Δm, cost, the result path).
+prints when it ends (the per-task metrics table, Δm, cost, MFU where known, the result path).
 
 A run itself prints nothing: its progress goes to the ``mtpeft_bench`` logger at INFO
 (:data:`LOG`); ``mtbench`` shows it on stderr through :func:`log_to_stderr` (``-q`` only warnings
@@ -79,10 +79,10 @@ def utilization_text(block: Mapping[str, Any] | None) -> str:
     if not block:
         return ""
     parts = []
-    for key, name in (("train", "train"), ("inference", "inference")):
+    for key in ("train", "inference"):
         figures = block.get(key) or {}
         if figures.get("mfu") is not None:
-            parts.append(f"{name} {figures['achieved_flops_per_s'] / 1e12:.3g} TFLOP/s = {100 * figures['mfu']:.3g} % MFU")
+            parts.append(f"{key} {figures['achieved_flops_per_s'] / 1e12:.3g} TFLOP/s = {100 * figures['mfu']:.3g} % MFU")
     if not parts:
         return ""
     devices = block.get("devices") or 1
@@ -92,7 +92,8 @@ def utilization_text(block: Mapping[str, Any] | None) -> str:
 
 
 def format_summary(result: Any) -> str:
-    """The end of a completed run on stdout: the metrics table, Δm, cost and the result file.
+    """The end of a completed run on stdout: the metrics table, Δm, cost, MFU (where the device's peak
+    is known) and the result file.
 
     Args:
         result: the run's :class:`~mtpeft_bench.running.pipeline.RunResult`.
