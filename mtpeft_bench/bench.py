@@ -18,6 +18,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from mtpeft_bench.hardware import TRAINING_FLOPS_FACTOR
 from mtpeft_bench.measure import (Throughput, count_flops, merged_model, parameter_groups, parameter_summary,
                                   reset_peak_memory, synchronize, time_forwards, turns)
 from mtpeft_bench.task_kinds import TASK_KIND_TABLE
@@ -97,8 +98,11 @@ def run_bench(setup: BenchSetup) -> dict[str, Any]:
         ``{"setup": {...}, "models": {name: {metric: value}}, "ratios": {metric: method / baseline}}``
         with metrics ``train_step_ms`` (median), ``train_images_per_s``, ``inference_images_per_s``
         (at the batch size), ``latency_ms`` (batch 1, median), ``gflops_per_image``,
-        ``trainable_params``, ``peak_train_memory_mb`` (CUDA only); a merged form of the method
-        adds the row ``<method> (merged)`` for the inference metrics.
+        ``trainable_params``, ``peak_train_memory_mb`` (CUDA only), ``train_tflops_per_s`` and
+        ``inference_tflops_per_s`` (model FLOP/s, :func:`mtpeft_bench.hardware.utilization`),
+        ``train_mfu`` and ``inference_mfu`` (fractions of the peak, None where it is unknown); a merged
+        form of the method adds the row ``<method> (merged)`` for the inference metrics. ``"peak"``
+        says what MFU divides by: ``precision``, ``device_name``, ``peak_flops_per_s``, ``peak_source``.
     """
     from mtpeft_bench.train import autocast as _autocast  # aliased: a local variable below is named autocast
     from mtpeft_bench.registry import get_dataset
@@ -151,17 +155,39 @@ def run_bench(setup: BenchSetup) -> dict[str, Any]:
         results[name]["inference_images_per_s"] = setup.batch_size * len(seconds) / sum(seconds)
     for name, form in forms.items():
         results[name]["gflops_per_image"] = count_flops(form, one)["total"] / 1e9
+    peak = _add_utilization(results, device, setup.amp)
 
     base = results[setup.baseline]
     ratios = {name: {k: (v / base[k] if v is not None and base.get(k) else None) for k, v in values.items()}
               for name, values in results.items()}
-    return {"setup": {**setup.__dict__, "device": str(device)}, "models": results, "ratios": ratios}
+    return {"setup": {**setup.__dict__, "device": str(device)}, "models": results, "ratios": ratios, "peak": peak}
+
+
+def _add_utilization(results: dict[str, dict[str, Any]], device: torch.device, amp: bool) -> dict[str, Any]:
+    """Add each model's achieved TFLOP/s and MFU (training and inference) to ``results``; return the peak
+    they were divided by (precision, device name, FLOP/s and its source; FLOP/s None where unknown)."""
+    from mtpeft_bench.hardware import utilization
+
+    block: dict[str, Any] = {}
+    for values in results.values():
+        block = utilization(values["gflops_per_image"] * 1e9, values["train_images_per_s"],
+                            values["inference_images_per_s"], device, amp, "float16")  # bench autocasts to float16
+        for key in ("train", "inference"):
+            achieved = block[key]["achieved_flops_per_s"]
+            values[f"{key}_tflops_per_s"] = None if achieved is None else achieved / 1e12
+            values[f"{key}_mfu"] = block[key]["mfu"]
+    return {key: block.get(key) for key in ("precision", "device_name", "peak_flops_per_s", "peak_source",
+                                             "training_flops_factor")}
 
 
 ROWS = (
     ("train_step_ms", "training step (ms, median) ↓", "{:.1f}"),
     ("train_images_per_s", "training images/s ↑", "{:.1f}"),
+    ("train_tflops_per_s", f"training model TFLOP/s ({TRAINING_FLOPS_FACTOR} forwards/image) ↑", "{:.3g}"),
+    ("train_mfu", "training MFU (of peak) ↑", "{:.2%}"),
     ("inference_images_per_s", "inference images/s at the batch ↑", "{:.1f}"),
+    ("inference_tflops_per_s", "inference model TFLOP/s ↑", "{:.3g}"),
+    ("inference_mfu", "inference MFU (of peak) ↑", "{:.2%}"),
     ("latency_ms", "latency at batch 1 (ms, median) ↓", "{:.2f}"),
     ("gflops_per_image", "forward GFLOPs per image ↓", "{:.3f}"),
     ("trainable_params", "trainable parameters ↓", "{:,.0f}"),
@@ -189,4 +215,15 @@ def format_bench(result: Mapping[str, Any]) -> str:
     head = (f"{setup['method']} vs {baseline} · {setup['backbone']} at {setup['image_size'][0]}x"
             f"{setup['image_size'][1]} · batch {setup['batch_size']} · {setup['device']} · {setup['steps']} timed "
             f"rounds after {setup['warmup']} warm-up, models taking turns in alternating order")
-    return head + "\n" + tabulate(lines, headers=header, tablefmt="simple", disable_numparse=True) + "\n"
+    return head + "\n" + tabulate(lines, headers=header, tablefmt="simple", disable_numparse=True) + "\n" \
+        + _peak_note(result.get("peak") or {})
+
+
+def _peak_note(peak: Mapping[str, Any]) -> str:
+    """The line under the table saying what MFU was divided by; empty where no peak is known (CPU)."""
+    if not peak.get("peak_flops_per_s"):
+        return ""
+    given = " (MTBENCH_PEAK_TFLOPS)" if peak.get("peak_source") == "MTBENCH_PEAK_TFLOPS" else ""
+    return (f"MFU: model FLOP/s over the {peak['peak_flops_per_s'] / 1e12:.4g} TFLOP/s dense {peak['precision']} peak "
+            f"of {peak['device_name']}{given}; training counts {TRAINING_FLOPS_FACTOR} forwards per image, more than "
+            "a method that freezes weights computes\n")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -101,3 +102,59 @@ def model_flops_utilization(flops_per_image: float | None, images_per_s: float |
         return None, None
     achieved = flops_per_image * images_per_s * (TRAINING_FLOPS_FACTOR if training else 1)
     return achieved, (achieved / peak if peak else None)
+
+
+#: The record's words for how its utilisation figures count FLOPs (``efficiency.utilization.convention``).
+FLOPS_CONVENTION = (f"model FLOPs: efficiency.flops_per_image (one forward) × images/s; training counts "
+                    f"{TRAINING_FLOPS_FACTOR} forwards per image (forward + a backward of twice the forward) whatever "
+                    "the method freezes, inference one; MFU = achieved over the dense peak of the devices at the "
+                    "run's precision")
+
+
+def device_name(device: torch.device) -> str:
+    """What a device is called: the CUDA device name, else the processor (as the record's environment says)."""
+    import platform
+
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
+
+
+def device_peak(device: torch.device, precision: str) -> tuple[float | None, str | None]:
+    """``(peak FLOP/s, where it came from)`` of one device: ``"MTBENCH_PEAK_TFLOPS"``, ``"table"`` or None.
+
+    The table is consulted for CUDA devices only: a CPU's processor string is no accelerator name,
+    and a fragment such as ``L4`` must not match one by chance.
+    """
+    if os.environ.get("MTBENCH_PEAK_TFLOPS"):
+        return peak_flops(device_name(device), precision), "MTBENCH_PEAK_TFLOPS"
+    if device.type != "cuda":
+        return None, None
+    peak = peak_flops(device_name(device), precision)
+    return peak, ("table" if peak is not None else None)
+
+
+def utilization(flops_per_image: float | None, train_images_per_s: float | None,
+                inference_images_per_s: float | None, device: torch.device, amp: bool, amp_dtype: str,
+                devices: int = 1) -> dict[str, Any]:
+    """The ``efficiency.utilization`` block of a result record (and of ``mtbench bench``'s models).
+
+    Args:
+        flops_per_image: forward FLOPs of one image (the unmerged model, whose rates these are).
+        train_images_per_s, inference_images_per_s: measured rates, summed over ``devices`` processes.
+        device, amp, amp_dtype: where and in which precision the matrix products ran.
+        devices: processes (one device each) the rates are summed over; the peak is per device, so
+            MFU divides by ``peak × devices`` (rank 0's device stands for all of them).
+
+    Returns:
+        ``{"convention", "training_flops_factor", "precision", "device_name", "peak_flops_per_s",
+        "peak_source", "devices", "train": {"achieved_flops_per_s", "mfu"}, "inference": {...}}``;
+        ``peak_flops_per_s`` and the ``mfu`` values are None where the device has no known peak.
+    """
+    precision = matmul_precision(device, amp, amp_dtype)
+    peak, source = device_peak(device, precision)
+    total_peak = None if peak is None else peak * devices
+    block = {"convention": FLOPS_CONVENTION, "training_flops_factor": TRAINING_FLOPS_FACTOR, "precision": precision,
+             "device_name": device_name(device), "peak_flops_per_s": peak, "peak_source": source, "devices": devices}
+    for key, rate, training in (("train", train_images_per_s, True), ("inference", inference_images_per_s, False)):
+        achieved, fraction = model_flops_utilization(flops_per_image, rate, total_peak, training)
+        block[key] = {"achieved_flops_per_s": achieved, "mfu": fraction}
+    return block

@@ -19,7 +19,8 @@ Schema (``schema_version`` 1), top-level keys:
 - ``metrics``: ``{task: {metric: value}}`` of the final evaluation;
 - ``delta_m``: ``{"value": float | null, "baseline": {"source": "suite" | "reference" | null, ...}}``;
 - ``params``: ``{"groups": {group: {"trainable", "total"}}, "summary": {...}, "optimizer": n}``;
-- ``efficiency``: peak memory (MB, and how measured), train and inference images/s;
+- ``efficiency``: peak memory (MB, and how measured), train and inference images/s, FLOPs, latency,
+  machine load and (``utilization``, absent from records written before it) achieved FLOP/s and MFU;
 - ``weights``: where the backbone weights came from; ``method_info``: the method's own facts;
 - ``history``: per-epoch training loss, LR and (when evaluated) validation metrics;
 - ``environment``: git commit and dirty flag, package versions, device, platform.

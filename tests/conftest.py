@@ -28,6 +28,7 @@ def cache_dir(tmp_path_factory) -> Path:
 def _isolated_env(monkeypatch, cache_dir):
     monkeypatch.setenv("MTBENCH_CACHE", str(cache_dir))
     monkeypatch.delenv("MTBENCH_DATA", raising=False)
+    monkeypatch.delenv("MTBENCH_PEAK_TFLOPS", raising=False)  # a user's peak would give CPU runs an MFU
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 

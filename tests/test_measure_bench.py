@@ -49,6 +49,30 @@ def test_bench_json_and_table(capsys, lowrank_method):
     flops_line = next(line for line in table.splitlines() if line.startswith("forward GFLOPs per image"))
     assert flops_line.split()[-1] == "1.00x"  # merged: exactly the backbone's forward again
     assert "peak training memory" not in table  # CUDA only
+    # Achieved model FLOP/s beside images/s; no MFU on a CPU (no known peak).
+    for name in ("lowrank_fc2", "full"):
+        assert models[name]["train_tflops_per_s"] == pytest.approx(
+            3 * models[name]["gflops_per_image"] * models[name]["train_images_per_s"] / 1e3)
+    assert models["lowrank_fc2 (merged)"]["train_tflops_per_s"] is None  # never trained
+    assert all(models[name]["train_mfu"] is None and models[name]["inference_mfu"] is None for name in models)
+    assert result["peak"]["peak_flops_per_s"] is None and result["peak"]["precision"] == "fp32"
+    assert "training model TFLOP/s (3 forwards/image) ↑" in table and "MFU" not in table
+
+
+def test_bench_mfu_with_a_given_peak(capsys, monkeypatch):
+    monkeypatch.setenv("MTBENCH_PEAK_TFLOPS", "0.5")
+    code, out, err = bench(capsys, "--method", "full", *SMALL, "--format", "json")
+    assert code == 0, err
+    result = json.loads(out)
+    full = result["models"]["full"]
+    assert result["peak"]["peak_flops_per_s"] == pytest.approx(0.5e12)
+    assert full["train_mfu"] == pytest.approx(3 * full["gflops_per_image"] * 1e9 * full["train_images_per_s"] / 0.5e12)
+    assert full["inference_mfu"] == pytest.approx(full["gflops_per_image"] * 1e9 * full["inference_images_per_s"]
+                                                  / 0.5e12)
+    table = format_bench(result)
+    mfu_line = next(line for line in table.splitlines() if line.startswith("training MFU"))
+    assert mfu_line.split()[-1] == f"{full['train_mfu']:.2%}"
+    assert table.splitlines()[-1].startswith("MFU: model FLOP/s over the 0.5 TFLOP/s dense fp32 peak")
 
 
 @pytest.mark.parametrize("args, message", [

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from mtpeft_bench.report.significance import groups, missing_seeds, repeated_seeds
-from mtpeft_bench.report.stats import ALPHA, CONFIDENCE
+from mtpeft_bench.report.stats import ALPHA, CONFIDENCE, mean_ci
 from mtpeft_bench.report.tables import BUSY_MARK, latex_escape, measured_busy, method_label, render
 
 
@@ -67,6 +67,11 @@ def notes(rows: Sequence[Mapping[str, Any]], baseline_method: str, reference_met
             "(published rows excluded).",
             "GFLOPs: forward FLOPs per image at batch 1 (torch FlopCounterMode: matmuls and convolutions only). "
             "Images/s: model compute after warm-up. Latency: median forward at batch 1."]
+    if any(mean_ci(row.get(field) or []).mean is not None for row in rows for field in ("train_mfu", "inference_mfu")):
+        out.append("MFU: model FLOPs utilisation, forward FLOPs per image × images/s (× 3 for training: forward and "
+                   "backward, whatever the method freezes, so methods that skip weight gradients compute less than "
+                   "counted) over the device's dense peak at the run's precision (vendor figure or "
+                   "MTBENCH_PEAK_TFLOPS); — where the peak is unknown.")
     # Why a Δm cell is empty, once per reason (the methods it concerns first).
     missing: dict[str, list[str]] = {}
     for row in rows:

@@ -22,7 +22,8 @@ from mtpeft_bench.report.published import (FLAG_MARK, FLAG_TOLERANCE, PublishedT
 
 #: Row fields of :mod:`mtpeft_bench.report.rows` that published rows have no value for.
 _EMPTY_FIELDS = ("peak_memory_mb", "train_images_per_s", "inference_images_per_s", "latency_ms", "flops",
-                 "merged_latency_ms", "merged_images_per_s", "unmerged_images_per_s")
+                 "merged_latency_ms", "merged_images_per_s", "unmerged_images_per_s", "train_flops_per_s",
+                 "train_mfu", "inference_flops_per_s", "inference_mfu")
 
 
 def _citation(table: PublishedTable, paper: str) -> str:

@@ -3,8 +3,9 @@
 One row per (dataset, method, task set, preset, tag, recipe): the per-task primary metrics with
 ↑/↓, Δm against the baseline method's single-task runs, whether the row is on the Pareto front of
 (trainable parameters ↓, Δm ↑), trainable parameters (optionally by group), forward FLOPs, peak
-memory, training and inference images/s and latency at batch 1 (merged too, where the method can
-merge). Several seeds of a row are shown as mean ± the half-width of a 95 % confidence interval
+memory, training and inference images/s with their model FLOPs utilisation (where the device's
+peak is known) and latency at batch 1 (merged too, where the method can merge). Several seeds of a
+row are shown as mean ± the half-width of a 95 % confidence interval
 (:mod:`mtpeft_bench.report.stats`), and each row's Δm is tested against a reference row and the
 best row of its task set (:mod:`mtpeft_bench.report.significance`). Published rows
 (``tasks/reference/<dataset>.yaml``, read by :mod:`mtpeft_bench.report.published`) can be shown beside
@@ -34,7 +35,8 @@ SORT_KEYS: dict[str, tuple[str, bool]] = {
     "infer": ("inference_images_per_s", True), "latency": ("latency_ms", False), "method": ("method", False),
 }
 _NUMERIC = ("delta_m", "trainable", "flops", "peak_memory_mb", "train_images_per_s", "inference_images_per_s",
-            "latency_ms", "merged_latency_ms", "merged_images_per_s", "unmerged_images_per_s")
+            "latency_ms", "merged_latency_ms", "merged_images_per_s", "unmerged_images_per_s",
+            "train_flops_per_s", "train_mfu", "inference_flops_per_s", "inference_mfu")
 
 
 def pareto_front(points: Sequence[tuple[float | None, float | None]]) -> list[bool | None]:
@@ -147,6 +149,10 @@ def _suite_row(key: tuple, recs: Sequence[Mapping[str, Any]], records: Sequence[
     row["merged_latency_ms"] = [_get(e, "inference", "merged", "latency_ms") for e in eff]
     row["merged_images_per_s"] = [_get(e, "inference", "merged", "images_per_s") for e in eff]
     row["unmerged_images_per_s"] = [_get(e, "inference", "unmerged", "images_per_s") for e in eff]
+    # Per seed: achieved model FLOP/s and MFU (None: no known peak, or an older record without the block).
+    for key in ("train", "inference"):
+        row[f"{key}_flops_per_s"] = [_get(e, "utilization", key, "achieved_flops_per_s") for e in eff]
+        row[f"{key}_mfu"] = [_get(e, "utilization", key, "mfu") for e in eff]
     # Per seed: was the machine busy while speed was measured (None: an older record without the reading).
     row["busy"] = [_get(e, "load", "busy") for e in eff]
     return row

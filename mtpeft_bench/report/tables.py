@@ -5,9 +5,9 @@ Seeds are shown as mean ± the half-width of the 95 % confidence interval of the
 (unavailable, not zero), a cost figure shows its value alone. Where rows of a task set can be
 compared, two columns give the paired tests of Δm (:mod:`mtpeft_bench.report.significance`):
 against the reference method and against the best row. Optional columns (GFLOPs, memory, images/s,
-latency, merged latency, the source of published rows, parameter groups) appear only when some
-row has a value. CSV keeps numbers numeric, with means, interval half-widths and counts in
-separate columns. The notes under the table are in :mod:`mtpeft_bench.report.document`.
+model FLOPs utilisation, latency, merged latency, the source of published rows, parameter groups)
+appear only when some row has a value. CSV keeps numbers numeric, with means, interval half-widths
+and counts in separate columns. The notes under the table are in :mod:`mtpeft_bench.report.document`.
 """
 
 from __future__ import annotations
@@ -151,6 +151,20 @@ def _speed(text: str, busy: bool) -> str:
     return f"{text} {BUSY_MARK}" if busy and text != "—" else text
 
 
+#: The speed columns of the table, in order: (header, row field). The MFU columns appear only when
+#: some row's records know their device's peak (never for CPU runs without ``MTBENCH_PEAK_TFLOPS``).
+SPEED_COLUMNS = (("train img/s ↑", "train_images_per_s"), ("train MFU % ↑", "train_mfu"),
+                 ("infer img/s ↑", "inference_images_per_s"), ("infer MFU % ↑", "inference_mfu"))
+
+
+def _speed_cell(row: Mapping[str, Any], field: str) -> str:
+    """Images/s to one decimal; MFU as a percentage to three significant digits."""
+    values = row.get(field) or []
+    if field.endswith("_mfu"):
+        return _fmt_sig(mean_ci([None if v is None else 100 * v for v in values]))
+    return _fmt(mean_ci(values), digits=1)
+
+
 def _tested(rows: Sequence[Mapping[str, Any]], field: str) -> bool:
     return any(r.get(field) is not None for r in rows)
 
@@ -161,14 +175,14 @@ def table(rows: Sequence[Mapping[str, Any]], param_groups: bool = False,
 
     Optional columns appear only when some row has a value: preset, seeds and n (suite runs), the
     paired tests of Δm against ``reference_method`` and against the best row, GFLOPs, memory,
-    images/s, latency, merged latency, the source of published rows; ``param_groups`` adds the
+    images/s, MFU, latency, merged latency, the source of published rows; ``param_groups`` adds the
     trainable parameters of each group.
     """
     task_cols = _task_columns(rows)
     multi_dataset = len({r["dataset"] for r in rows}) > 1
     has_published = any(r.get("source") == "published" for r in rows)
     show = {f: _any(rows, f) for f in ("flops", "latency_ms", "merged_latency_ms", "peak_memory_mb",
-                                       "train_images_per_s", "inference_images_per_s")}
+                                       *(field for _, field in SPEED_COLUMNS))}
     suite = any(r.get("source") == "suite" for r in rows)
     header = (["dataset"] if multi_dataset else []) + ["method", "tasks"] + (["preset", "seeds", "n"] if suite else [])
     header += [f"{t} {n} {'↑' if hib else '↓'}" + (f" ({u})" if u and u != "%" else "") for t, n, hib, u in task_cols]
@@ -183,9 +197,7 @@ def table(rows: Sequence[Mapping[str, Any]], param_groups: bool = False,
         header += ["method (M)", "extras (M)", "linears (M)", "decoder (M)"]
     if show["flops"]:
         header.append("GFLOPs/img ↓")
-    header += [name for name, field in ((_memory_header(rows), "peak_memory_mb"),
-                                        ("train img/s ↑", "train_images_per_s"),
-                                        ("infer img/s ↑", "inference_images_per_s")) if show[field]]
+    header += [name for name, field in ((_memory_header(rows), "peak_memory_mb"), *SPEED_COLUMNS) if show[field]]
     if show["latency_ms"]:
         header.append("latency b=1 (ms) ↓")
     if show["merged_latency_ms"]:
@@ -224,9 +236,9 @@ def table(rows: Sequence[Mapping[str, Any]], param_groups: bool = False,
                 memory += {"cpu_peak_rss": " (RSS)", "cuda_max_allocated": " (CUDA)"}.get(row.get("memory_kind"), "")
             line.append(memory)
         busy = measured_busy(row)
-        for field in ("train_images_per_s", "inference_images_per_s"):
+        for _, field in SPEED_COLUMNS:
             if show[field]:
-                line.append(_speed(_fmt(mean_ci(row[field]), digits=1), busy))
+                line.append(_speed(_speed_cell(row, field), busy))
         if show["latency_ms"]:
             line.append(_speed(_fmt_sig(mean_ci(row["latency_ms"])), busy))
         if show["merged_latency_ms"]:
@@ -260,11 +272,16 @@ def _test_cells(test: Any) -> list[Any]:
     return [_number(test.mean_difference), _number(test.p_value), ";".join(str(s) for s in test.seeds)]
 
 
+#: CSV columns of achieved model FLOP/s and MFU (a fraction), present when some record has them.
+UTILIZATION_FIELDS = ("train_flops_per_s", "train_mfu", "inference_flops_per_s", "inference_mfu")
+
+
 def csv_table(rows: Sequence[Mapping[str, Any]], param_groups: bool = False) -> tuple[list[str], list[list[Any]]]:
     """Header and numeric cells for CSV: means, 95 % interval half-widths (``.ci95``, empty with one
     value) and, for the task metrics and Δm, the number of values (``.n``) in separate columns; the
     paired tests of Δm (``delta_m.vs_reference``/``delta_m.vs_best``: mean difference, ``.p``,
-    ``.seeds``, or the row's role ``reference``/``best``); full parameter counts and FLOPs."""
+    ``.seeds``, or the row's role ``reference``/``best``); full parameter counts and FLOPs; where
+    some record has them, achieved model FLOP/s and MFU (:data:`UTILIZATION_FIELDS`, MFU a fraction)."""
     task_cols = _task_columns(rows)
     header = ["method", "variant", "tasks", "preset", "seeds", "n", "tag", "dataset", "source", "verified"]
     for task, name, _, _ in task_cols:
@@ -284,6 +301,10 @@ def csv_table(rows: Sequence[Mapping[str, Any]], param_groups: bool = False) -> 
     with_load = any(flag is not None for row in rows for flag in row.get("busy") or [])
     if with_load:
         header.append("busy_machine")
+    with_utilization = any(_any(rows, field) for field in UTILIZATION_FIELDS)
+    if with_utilization:
+        for field in UTILIZATION_FIELDS:
+            header += [field, f"{field}.ci95"]
     cells = []
     for row in rows:
         published = row.get("source") == "published"
@@ -312,6 +333,9 @@ def csv_table(rows: Sequence[Mapping[str, Any]], param_groups: bool = False) -> 
         if with_load:
             flags = [flag for flag in row.get("busy") or [] if flag is not None]
             line.append(("true" if any(flags) else "false") if flags else "")
+        if with_utilization:
+            for field in UTILIZATION_FIELDS:
+                line += _estimate_cells(row.get(field) or [], False)
         cells.append(line)
     return header, cells
 

@@ -93,8 +93,9 @@ def environment(device: Any) -> dict[str, Any]:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             versions[pkg] = None
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine()
-    return {"git": git_state(), "versions": versions, "device": str(device), "device_name": name,
+    from mtpeft_bench.hardware import device_name
+
+    return {"git": git_state(), "versions": versions, "device": str(device), "device_name": device_name(device),
             "platform": platform.platform(), "threads": torch.get_num_threads()}
 
 
@@ -113,7 +114,9 @@ def global_rate(ctx: Any, rate: float | None) -> float | None:
 
 def efficiency(resolved: ResolvedRun, ctx: Any, device: Any, training: Any, fit: Any,
                rates: tuple[float | None, float | None]) -> dict[str, Any]:
-    """The record's ``efficiency`` block; profiles inference (FLOPs, latency) on this process.
+    """The record's ``efficiency`` block; profiles inference (FLOPs, latency) on this process. Its
+    ``utilization`` sub-block (:func:`mtpeft_bench.hardware.utilization`) turns the rates and FLOPs
+    into achieved FLOP/s and MFU; records written before it lack it, so readers must not require it.
 
     Args:
         training: the run's :class:`~mtpeft_bench.running.build.Training`; fit: its
@@ -121,6 +124,7 @@ def efficiency(resolved: ResolvedRun, ctx: Any, device: Any, training: Any, fit:
     """
     import torch
 
+    from mtpeft_bench.hardware import utilization
     from mtpeft_bench.machine_load import load_record
     from mtpeft_bench.measure import FLOPS_COUNTED, profile_inference
     from mtpeft_bench.train.device import autocast
@@ -149,6 +153,9 @@ def efficiency(resolved: ResolvedRun, ctx: Any, device: Any, training: Any, fit:
         # How busy the machine was while the speed above was measured (rank 0's view).
         "load": load_record([training.trainer.train_throughput.load, fit.inference.load], device,
                             torch.get_num_threads(), cfg.num_workers),
+        # Achieved model FLOP/s and its share of the devices' peak (None where the peak is unknown).
+        "utilization": utilization(inference["unmerged"]["flops_per_image"], rates[0], rates[1], device, cfg.amp,
+                                   cfg.amp_dtype, devices=ctx.world_size),
     }
 
 

@@ -1,5 +1,5 @@
 """What a run shows a person: the lines it logs as it starts, and the summary the command line
-prints when it ends (the per-task metrics table, Δm, cost, the result path).
+prints when it ends (the per-task metrics table, Δm, cost, MFU where known, the result path).
 
 A run itself prints nothing: its progress goes to the ``mtpeft_bench`` logger at INFO
 (:data:`LOG`); ``mtbench`` shows it on stderr through :func:`log_to_stderr` (``-q`` only warnings
@@ -73,8 +73,27 @@ def format_metrics(specs, metrics: Mapping[str, Mapping[str, float]]) -> str:
     return tabulate(rows, headers=["task", "metric", "value", "unit"], tablefmt="simple")
 
 
+def utilization_text(block: Mapping[str, Any] | None) -> str:
+    """One line of model FLOPs utilisation (``efficiency.utilization``): empty where no MFU is known
+    (a CPU without ``MTBENCH_PEAK_TFLOPS``, a record written before the block existed)."""
+    if not block:
+        return ""
+    parts = []
+    for key in ("train", "inference"):
+        figures = block.get(key) or {}
+        if figures.get("mfu") is not None:
+            parts.append(f"{key} {figures['achieved_flops_per_s'] / 1e12:.3g} TFLOP/s = {100 * figures['mfu']:.3g} % MFU")
+    if not parts:
+        return ""
+    devices = block.get("devices") or 1
+    return (f"model FLOPs utilisation: {' · '.join(parts)} of {block['peak_flops_per_s'] / 1e12:.4g} TFLOP/s "
+            f"{block['precision']} peak{f' × {devices} devices' if devices > 1 else ''} ({block['device_name']}; "
+            f"training counted as {block.get('training_flops_factor', 3)} forwards per image)")
+
+
 def format_summary(result: Any) -> str:
-    """The end of a completed run on stdout: the metrics table, Δm, cost and the result file.
+    """The end of a completed run on stdout: the metrics table, Δm, cost, MFU (where the device's peak
+    is known) and the result file.
 
     Args:
         result: the run's :class:`~mtpeft_bench.running.pipeline.RunResult`.
@@ -95,6 +114,9 @@ def format_summary(result: Any) -> str:
                  f"{inference['unmerged']['flops_per_image'] / 1e9:.3g} GFLOPs/image"
                  + (f" · latency {latency:.3g} ms at batch 1" if latency is not None else "")
                  + f" · wall {record['wall_time_s']:.0f} s")
+    mfu = utilization_text(efficiency.get("utilization"))
+    if mfu:
+        lines.append(mfu)
     lines.append(f"result: {result.path}")
     return "\n".join(lines)
 
