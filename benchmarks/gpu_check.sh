@@ -71,7 +71,7 @@ META=$($PY -c "import json, sys, datetime, torch; print(json.dumps({'date': date
 report() {
   timeout 60 $PY benchmarks/check_report.py --out-dir "$DIR" --meta "$META" \
     --speed "$DIR/speed_eager.json" "$DIR/speed_compile.json" --traffic "$DIR/traffic_weight.json" \
-    --e2e "$DIR/e2e.json" > "$WORK/report.txt" && echo "tables: $DIR/gpu_check.md" || echo "check_report.py failed"
+    --e2e "$DIR/e2e.json" > "$WORK/report.txt" && echo "tables: ${DIR}/gpu_check.md" || echo "check_report.py failed"
 }
 echo "writing into $DIR"
 
