@@ -104,8 +104,8 @@ def traffic_markdown(t: dict) -> list[str]:
              f"**measured {t['measured']:.1f}** (median over the stages).", "",
              "| stage | tokens × C | x·V multiply-adds/s | x·s' accesses/s | weight |", "|---|---|---|---|---|"]
     for s, st in enumerate(t["stages"]):
-        lines.append(f"| {s} | {st['tokens']} × {st['width']} | {st['macs_per_s'] / 1e12:.2f} T "
-                     f"| {st['accesses_per_s'] / 1e9:.1f} G | {st['weight']:.1f} |")
+        lines.append(f"| {s} | {st['tokens']} × {st['width']} | {st['macs_per_s'] / 1e12:.3g} T "
+                     f"| {st['accesses_per_s'] / 1e9:.3g} G | {st['weight']:.1f} |")
     flips = {k: m for k, m in t["modes"].items() if m["estimate"] != m["measured"]}
     lines.append("")
     lines.append("The chooser makes the same choice with either weight for every layer shape." if not flips else

@@ -99,8 +99,8 @@ def summary_lines(result: dict) -> list[str]:
              f"{result['image']} px): estimate {result['estimate']:g}, measured {result['measured']:.1f} "
              f"multiply-adds per element access (median of {len(result['stages'])} stages)"]
     for s, st in enumerate(result["stages"]):
-        lines.append(f"  stage {s}: {st['tokens']} tokens × {st['width']}: x·V {st['macs_per_s'] / 1e12:.2f} T "
-                     f"multiply-adds/s, x·s' {st['accesses_per_s'] / 1e9:.1f} G accesses/s → {st['weight']:.1f}")
+        lines.append(f"  stage {s}: {st['tokens']} tokens × {st['width']}: x·V {st['macs_per_s'] / 1e12:.3g} T "
+                     f"multiply-adds/s, x·s' {st['accesses_per_s'] / 1e9:.3g} G accesses/s → {st['weight']:.1f}")
     flips = [f"{k} ({m['measured']})" for k, m in result["modes"].items() if m["estimate"] != m["measured"]]
     lines.append("  chooser with the measured weight: " + (
         "differs on " + ", ".join(flips) if flips else "same choice as the estimate for every layer shape"))

@@ -177,6 +177,8 @@ def test_rehearsal_of_the_whole_gpu_check(tmp_path):
     assert summary["rehearsal"] is True
     assert {"full", "ditask", "ditask_factored", "lora", "mtlora"} <= set(summary["speed"][0]["steps"])
     assert "full+compile" in summary["speed"][1]["steps"], summary["speed"][1].get("failed")
+    compiled_ditask = summary["speed"][2]
+    assert "ditask+compile" in {**compiled_ditask["steps"], **compiled_ditask["failed"]}
     assert summary["traffic_weight"]["measured"] > 0
     assert summary["end_to_end"]["ok"], summary["end_to_end"]
     assert (folders[0] / "gpu_check.md").read_text().startswith("# GPU check")
