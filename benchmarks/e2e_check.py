@@ -105,7 +105,7 @@ def main(argv=None) -> int:
     for f in result["runs"]:
         print(f"{f['dataset']}/{f['method']}: {f['status']} on {f['device']} ({f['device_name']}), backend "
               f"{f['backend']}, world size {f['world_size']}, AMP {f['amp']}, kernel {f['kernel']}, {f['steps']} steps "
-              f"in {f['epochs']} epochs, {f['train_images_per_s']} train img/s, evaluation at {f['evaluation']}, "
+              f"in {f['epochs']} epochs, {f['train_images_per_s'] or 0:.1f} train img/s, evaluation at {f['evaluation']}, "
               f"metrics finite {f['metrics_finite']}; torch {f['torch']}, triton {f['triton']}"
               + (f" — PROBLEMS: {'; '.join(f['problems'])}" if f["problems"] else " — ok"))
     for m in result["missing"]:

@@ -8,8 +8,10 @@
 #      CPA warp of all Swin-T spectra, PyTorch vs Triton; one profiled step of each (profiles.txt);
 #   3. the traffic weight of DiTASK's mode chooser measured beside its estimate (cost_weight.py);
 #   4. end to end: `mtbench run --preset paper --weights none` of ditask and mtlora on miniature
-#      PASCAL_MT and NYUD_MT copies (make_mini_datasets.py) through torchrun (1 process, NCCL), AMP,
-#      evaluation at the original image size; then what the result records say they ran on;
+#      PASCAL_MT and NYUD_MT copies (make_mini_datasets.py) through torchrun (1 process), AMP,
+#      evaluation at the original image size; then what the result records say they ran on (one
+#      torchrun process runs as a plain process in mtbench: no process group, no DDP, backend None;
+#      so an NCCL init + all_reduce under torchrun is checked on its own);
 #   5. the rest, while the budget lasts: the Triton kernel tests on CUDA, then eager vs
 #      torch.compile (inductor) of full fine-tuning, then of DiTASK (one process each).
 # After steps 3, 4 and each compilation, gpu_check.json + gpu_check.md (check_report.py) are rewritten with what
@@ -32,26 +34,28 @@ if [ "$REHEARSAL" = 1 ]; then
   E2E_BATCH=2 E2E_TRAIN=4 E2E_VAL=2 E2E_EPOCHS=2 E2E_EVAL_EVERY=1 E2E_WORKERS=0 MIN_RUN_TIME=0.01
   BUDGET=${GPU_CHECK_BUDGET_S:-7200} SCALE=10  # step times: a small shared CPU, not an H100
   export OMP_NUM_THREADS=1  # the CPU machines are small and shared
-  EXPECT=(--expect device=cpu --expect backend=gloo --expect amp=False --expect kernel=torch)
+  EXPECT=(--expect device=cpu --expect amp=False --expect kernel=torch) PG_BACKEND=gloo
   E2E_MODEL=(--backbone swin_micro --set image_size="$IMAGE")
 else
   DEVICE=cuda IMAGE=448 BATCH=32 ROUNDS=10 WARMUP=2 CPA_ROUNDS=20 BACKBONE=swin_tiny_patch4_window7_224
   COMPILE_BACKEND=inductor E2E_BATCH=32 E2E_TRAIN=128 E2E_VAL=4 E2E_EPOCHS=5 E2E_EVAL_EVERY=2 E2E_WORKERS=4
   MIN_RUN_TIME=0.2
   BUDGET=${GPU_CHECK_BUDGET_S:-510} SCALE=1
-  EXPECT=(--expect device=cuda --expect backend=nccl --expect amp=True --expect kernel=triton)
+  EXPECT=(--expect device=cuda --expect amp=True --expect kernel=triton) PG_BACKEND=nccl
   E2E_MODEL=()
 fi
-EXPECT+=(--expect world_size=1 --expect "evaluation=original size")
+# mtbench runs one torchrun process as a plain single process (mtpeft_bench/train/distributed.py
+# joins no process group and wraps no DDP at world size 1): its records say backend None.
+EXPECT+=(--expect world_size=1 --expect backend=None --expect "evaluation=original size")
 
 # Where everything goes: $OUT comes back from the device machine.
 GPU=$($PY - "$DEVICE" "$REHEARSAL" <<'PYEOF'
 import re, sys, torch
 if sys.argv[2] == "1" or sys.argv[1] == "cpu" or not torch.cuda.is_available():
     print("cpu-rehearsal" if sys.argv[2] == "1" else "cpu"); sys.exit()
-from mtpeft_bench.hardware import PEAKS
 name = torch.cuda.get_device_name()
-fragment = next((f for f, _ in PEAKS if f in name), name)
+match = re.search(r"[HAL]\d{2,3}S?|V100|RTX \d{4}", name)  # H100, H200, A100, L40S, L4 ... else the whole name
+fragment = match.group(0) if match else name
 print(re.sub(r"[^a-z0-9]+", "-", fragment.lower()).strip("-"))
 PYEOF
 )
@@ -127,6 +131,15 @@ for dataset in pascal_mt nyud; do
       --set runs_dir="$WORK/runs" --no-progress --out "$RESULTS" 2>&1 | grep -v "^Cosine annealing" | tail -12
   done
 done
+step "the $PG_BACKEND process group itself under torchrun (1 process): init, all_reduce"
+timeout 60 $PY -m torch.distributed.run --standalone --nproc_per_node 1 --no-python $PY -c "
+import torch, torch.distributed as dist
+dist.init_process_group('$PG_BACKEND')
+device = torch.device('cuda', 0) if '$PG_BACKEND' == 'nccl' else torch.device('cpu')
+x = torch.arange(3.0, device=device)
+dist.all_reduce(x)
+print('process group', dist.get_backend(), 'world size', dist.get_world_size(), 'all_reduce', x.tolist(), device)
+dist.destroy_process_group()" || echo "process group check FAILED"
 timeout 60 $PY benchmarks/e2e_check.py "$RESULTS" "${EXPECT[@]}" \
   --runs pascal_mt:ditask,pascal_mt:mtlora,nyud:ditask,nyud:mtlora --json "$DIR/e2e.json"
 mkdir -p "$DIR/e2e_results" && find "$RESULTS" -name "*.json" -exec cp {} "$DIR/e2e_results/" \; 2>/dev/null
