@@ -12,10 +12,21 @@ suite's own ``Trainer`` step: forward, losses, backward, clipping, AdamW):
 - ``ditask_torch``: DiTASK with the PyTorch reference of the CPA warp instead of the Triton kernel;
 - ``ditask_residual``: DiTASK in the residual weight form W + U·diag(s'−s)·Vᵀ (``residual=true``);
 - ``ditask_dense``: DiTASK rebuilding W' for every layer (``mode=dense``), whatever the operation count;
+- ``ditask_factored``: DiTASK applying the factors of every layer to the activations (``mode=factored``);
 - ``full_streams``: full fine-tuning of DiTASK's architecture: every weight trains, and the last
   block of each stage has a trainable copy of proj/fc1/fc2 per task (the task streams), so that
   ``ditask/full_streams`` isolates the cost of the method from the cost of the branched model;
-- ``lora``: LoRA through peft (r=4 on the 48 block linears, ``peft.inject_adapter_in_model``).
+- ``lora``: LoRA through peft (r=4 on the 48 block linears, ``peft.inject_adapter_in_model``);
+- ``mtlora``: the suite's ``mtlora`` method with its shared rank 16 (``rank=16``, task rank 4).
+
+Any variant followed by ``+compile`` (``full+compile``) is the same model wrapped in
+``torch.compile`` (``--compile-backend``, default inductor): its first warm-up step compiles, and
+that step's time is recorded as ``compile_s``. A variant that fails to build or to step (e.g. a
+model torch.compile cannot trace) is reported under ``failed`` and the others are still timed.
+
+``--flops`` counts each variant's forward FLOPs per image (``mtpeft_bench.measure.count_flops`` on
+the timed batch, divided by the batch) and, where ``mtpeft_bench/hardware.py`` knows the device's
+peak at the run's matrix-product precision, the model FLOPs utilisation (MFU) of each step.
 
 Steps of the variants alternate (one step of each per round, the order rotated every round) so
 that load changes on a shared machine hit all of them alike; medians are reported, with wall time
@@ -45,7 +56,8 @@ import torch
 LORA_TARGETS = r".*\.(attn\.(qkv|proj)|mlp\.(fc1|fc2))$"
 MALLOC_TUNABLES = "glibc.malloc.mmap_threshold=4294967296:glibc.malloc.trim_threshold=17179869184"
 VARIANTS = ("full", "full_streams", "ditask", "ditask_svd", "ditask_svd_official", "ditask_shared", "ditask_torch",
-            "ditask_residual", "ditask_dense", "lora")
+            "ditask_residual", "ditask_dense", "ditask_factored", "lora", "mtlora")
+COMPILED = "+compile"  # suffix of a variant whose model is wrapped in torch.compile
 DITASK_OPTIONS = {
     "ditask": {},
     "ditask_torch": {"kernel": "torch"},
@@ -54,7 +66,10 @@ DITASK_OPTIONS = {
     "ditask_shared": {"task_streams": False},
     "ditask_residual": {"residual": True},
     "ditask_dense": {"mode": "dense"},
+    "ditask_factored": {"mode": "factored"},
 }
+# Variants that are a registered method with options (built by the method's own build_model).
+METHOD_VARIANTS = {"full": ("full", {}), "mtlora": ("mtlora", {"rank": 16})}
 
 
 def task_specs(dataset: str = "pascal_mt"):
@@ -111,9 +126,10 @@ def build_variant(name: str, specs, size: int, device: torch.device, amp: bool,
         streams = lambda stage, role, linear: PerTaskCopies(linear, tasks)  # noqa: E731
         model = MultiTaskModel(MultiTaskSwinEncoder(bb, tasks, stream_factory=streams), outputs)
     else:
-        method = "full" if name == "full" else "ditask"
+        method, options = METHOD_VARIANTS.get(name, ("ditask", DITASK_OPTIONS.get(name, {})))
+        if method == "ditask":
+            options = {**options, **(ditask_options or {})}
         cls = get_method(method)
-        options = {**DITASK_OPTIONS.get(name, {}), **(ditask_options or {})} if method == "ditask" else {}
         model, _ = build_model(cls(), config_from_mapping(cls.Config, options, method), bb, outputs)
     model.to(device).train()
     schedule = Schedule(lr=1e-4, warmup_lr=1e-4, min_lr=1e-4, total_steps=10_000, warmup_steps=0)
@@ -125,21 +141,41 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def alternate(steps: dict[str, Callable[[], Any]], rounds: int, warmup: int, device: torch.device) -> dict[str, dict]:
-    """Time each callable ``rounds`` times, one call of each per round, rotating the order."""
+def alternate(steps: dict[str, Callable[[], Any]], rounds: int, warmup: int, device: torch.device,
+              failed: dict[str, str] | None = None) -> dict[str, dict]:
+    """Time each callable ``rounds`` times, one call of each per round, rotating the order.
+
+    A callable that raises in its warm-up is dropped and its error stored in ``failed`` (when given;
+    otherwise the error propagates). The first warm-up call's time is ``first_s`` (for a compiled
+    model: the compilation).
+    """
     names = list(steps)
     peak: dict[str, float] = {}
-    for _ in range(warmup):
-        for n in names:
+    first: dict[str, float] = {}
+    for w in range(warmup):
+        for n in list(names):
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
                 torch.cuda.reset_peak_memory_stats(device)
-            steps[n]()
+            t0 = time.perf_counter()
+            try:
+                steps[n]()
+                _sync(device)
+            except Exception as error:  # noqa: BLE001 - reported, the other variants go on
+                if failed is None:
+                    raise
+                failed[n] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:300]
+                names.remove(n)
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+                continue
+            if w == 0:
+                first[n] = time.perf_counter() - t0
             if device.type == "cuda":
                 peak[n] = max(peak.get(n, 0.0), torch.cuda.max_memory_allocated(device) / 2**30)
     wall: dict[str, list[float]] = {n: [] for n in names}
     cpu: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(rounds):
+    for r in range(rounds if names else 0):
         order = names[r % len(names):] + names[:r % len(names)]
         for n in order:
             _sync(device)
@@ -149,6 +185,7 @@ def alternate(steps: dict[str, Callable[[], Any]], rounds: int, warmup: int, dev
             wall[n].append(time.perf_counter() - w0)
             cpu[n].append(time.process_time() - c0)
     return {n: {"wall_s": statistics.median(wall[n]), "cpu_s": statistics.median(cpu[n]), "wall_all": wall[n],
+                **({"first_s": first[n]} if n in first else {}),
                 **({"peak_gib": peak[n]} if n in peak else {})} for n in names}
 
 
@@ -213,50 +250,133 @@ def cpa_step(kernel: str, device: torch.device, seed: int = 0) -> Callable[[], N
     return step
 
 
+def split_variant(name: str) -> tuple[str, bool]:
+    """``"ditask+compile"`` → ``("ditask", True)``; ``"ditask"`` → ``("ditask", False)``."""
+    return (name[:-len(COMPILED)], True) if name.endswith(COMPILED) else (name, False)
+
+
+def build_trainers(variants, specs, size: int, dev: torch.device, amp: bool, backbone: str, compile_backend: str,
+                   failed: dict[str, str]) -> dict[str, Any]:
+    """A Trainer per variant; compiled variants get ``torch.compile`` of their model; failures go to ``failed``."""
+    trainers = {}
+    for v in variants:
+        base, compiled = split_variant(v)
+        try:
+            trainer = build_variant(base, specs, size, dev, amp, backbone)
+            if compiled:
+                trainer.model = torch.compile(trainer.model, backend=compile_backend)
+        except Exception as error:  # noqa: BLE001 - reported, the other variants go on
+            failed[v] = f"{type(error).__name__}: {error}"[:300]
+            continue
+        trainers[v] = trainer
+    return trainers
+
+
+def forward_flops(trainers: dict[str, Any], images: torch.Tensor) -> dict[str, float]:
+    """Forward FLOPs per image of every eager variant's model on ``images`` (a compiled variant
+    counts as its eager twin: FlopCounterMode sees the operators, not how they were fused)."""
+    from mtpeft_bench.measure import count_flops
+
+    flops = {}
+    for v, trainer in trainers.items():
+        base, compiled = split_variant(v)
+        if compiled:
+            continue
+        model = trainer.model
+        with torch.autocast(images.device.type, enabled=trainer.amp and images.device.type == "cuda"):
+            flops[v] = count_flops(model, images)["total"] / images.shape[0]
+    for v in trainers:
+        base, compiled = split_variant(v)
+        if compiled and base in flops:
+            flops[v] = flops[base]
+        elif compiled:  # the eager twin is not in this run: count on the model inside the wrapper
+            inner = getattr(trainers[v].model, "_orig_mod", trainers[v].model)
+            flops[v] = count_flops(inner, images)["total"] / images.shape[0]
+    return flops
+
+
+def add_utilisation(steps: dict[str, dict], flops: dict[str, float], batch: int, device_name: str,
+                    precision: str) -> float | None:
+    """Store images/s, FLOPs per image, achieved FLOP/s and MFU in every step entry; return the peak."""
+    from mtpeft_bench.hardware import model_flops_utilization, peak_flops
+
+    peak = peak_flops(device_name, precision)
+    for v, entry in steps.items():
+        entry["images_per_s"] = batch / entry["wall_s"]
+        entry["flops_per_image"] = flops.get(v)
+        achieved, mfu = model_flops_utilization(flops.get(v), entry["images_per_s"], peak, training=True)
+        entry["achieved_flops_per_s"], entry["mfu"] = achieved, mfu
+    return peak
+
+
 def run(variants, size: int, batch: int, rounds: int, warmup: int, device: str, amp: bool, cpa_rounds: int,
-        backbone: str = "swin_tiny_patch4_window7_224", profile: str | None = None) -> dict:
+        backbone: str = "swin_tiny_patch4_window7_224", profile: str | None = None, flops: bool = False,
+        compile_backend: str = "inductor") -> dict:
+    from mtpeft_bench.hardware import matmul_precision
+
     dev = torch.device(device)
     specs = task_specs()
-    trainers = {v: build_variant(v, specs, size, dev, amp, backbone) for v in variants}
+    failed: dict[str, str] = {}
+    trainers = build_trainers(variants, specs, size, dev, amp, backbone, compile_backend, failed)
     images, targets = random_batch(specs, batch, size, dev)
     steps = {v: (lambda t=t: t.train_step(images, targets)) for v, t in trainers.items()}
+    device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    amp_on = amp and dev.type == "cuda"
     result: dict[str, Any] = {
-        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "device": device_name,
         "threads": torch.get_num_threads(), "backbone": backbone, "image": size, "batch": batch, "rounds": rounds,
-        "amp": amp, "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
-        "steps": alternate(steps, rounds, warmup, dev),
+        "warmup": warmup, "amp": amp, "amp_dtype": "float16" if amp_on else None,
+        "precision": matmul_precision(dev, amp_on, "float16"), "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
+        "torch": torch.__version__, "compile_backend": compile_backend if any(split_variant(v)[1] for v in variants)
+        else None,
+        "steps": alternate(steps, rounds, warmup, dev, failed),
         "modes": trainers["ditask"].model.encoder.method_info() if "ditask" in trainers else None,
     }
+    if flops:
+        counts = forward_flops({v: t for v, t in trainers.items() if v in result["steps"]}, images)
+        result["peak_flops_per_s"] = add_utilisation(result["steps"], counts, batch, device_name,
+                                                     result["precision"])
     if profile:
-        profile_steps(steps, dev, profile)
+        profile_steps({v: st for v, st in steps.items() if v in result["steps"] and not split_variant(v)[1]},
+                      dev, profile)
+    result["failed"] = failed
     del trainers, steps
     kernels = ["torch"] + (["triton"] if dev.type == "cuda" else [])
     if cpa_rounds:
         result["cpa_fwd_bwd"] = alternate({k: cpa_step(k, dev) for k in kernels}, cpa_rounds, 2, dev)
-    t = result["steps"]
-    ratios = {}
+    result["ratios"] = ratios(result["steps"])
+    return result
+
+
+def ratios(t: dict[str, dict]) -> dict[str, float]:
+    """Wall-time ratios of the variants against full fine-tuning, DiTASK and the branched model."""
+    out = {}
     if "full" in t:
         for v in t:
             if v != "full":
-                ratios[f"{v}/full"] = t[v]["wall_s"] / t["full"]["wall_s"]
+                out[f"{v}/full"] = t[v]["wall_s"] / t["full"]["wall_s"]
     if "ditask" in t:
         for v in ("ditask_svd", "ditask_svd_official"):
             if v in t:
-                ratios[f"{v}/ditask"] = t[v]["wall_s"] / t["ditask"]["wall_s"]
-                ratios[f"{v}/ditask (cpu time)"] = t[v]["cpu_s"] / t["ditask"]["cpu_s"]
+                out[f"{v}/ditask"] = t[v]["wall_s"] / t["ditask"]["wall_s"]
+                out[f"{v}/ditask (cpu time)"] = t[v]["cpu_s"] / t["ditask"]["cpu_s"]
     if "full_streams" in t:
-        for v in ("ditask", "ditask_torch", "ditask_residual", "ditask_dense"):
+        for v in ("ditask", "ditask_torch", "ditask_residual", "ditask_dense", "ditask_factored"):
             if v in t:
-                ratios[f"{v}/full_streams"] = t[v]["wall_s"] / t["full_streams"]["wall_s"]
+                out[f"{v}/full_streams"] = t[v]["wall_s"] / t["full_streams"]["wall_s"]
+    for v in t:
+        base, compiled = split_variant(v)
+        if compiled and base in t:
+            out[f"{v}/{base}"] = t[v]["wall_s"] / t[base]["wall_s"]
     if "full" in t and "ditask" in t:
-        ratios["ditask/full (cpu time)"] = t["ditask"]["cpu_s"] / t["full"]["cpu_s"]
-    result["ratios"] = ratios
-    return result
+        out["ditask/full (cpu time)"] = t["ditask"]["cpu_s"] / t["full"]["cpu_s"]
+    return out
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", default="full,ditask,ditask_svd", help=f"comma list of {', '.join(VARIANTS)}")
+    parser.add_argument("--variants", default="full,ditask,ditask_svd",
+                        help=f"comma list of {', '.join(VARIANTS)}; any of them with {COMPILED} (torch.compile)")
     parser.add_argument("--backbone", default="swin_tiny_patch4_window7_224")
     parser.add_argument("--image", type=int, default=224)
     parser.add_argument("--batch", type=int, default=8)
@@ -268,6 +388,8 @@ def main(argv=None) -> None:
     parser.add_argument("--no-amp", action="store_true")
     parser.add_argument("--json", default=None, help="write the result here")
     parser.add_argument("--profile", default=None, help="write the profile of one step of each variant to this text file")
+    parser.add_argument("--flops", action="store_true", help="count FLOPs per image and report MFU beside images/s")
+    parser.add_argument("--compile-backend", default="inductor", help="torch.compile backend of the +compile variants")
     parser.add_argument("--malloc-tunables", action="store_true",
                         help=f"restart with GLIBC_TUNABLES={MALLOC_TUNABLES} (large CPU allocations reused)")
     args = parser.parse_args(argv)
@@ -278,17 +400,23 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = [v for v in variants if v not in VARIANTS]
+    unknown = [v for v in variants if split_variant(v)[0] not in VARIANTS]
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {VARIANTS}")
     result = run(variants, args.image, args.batch, args.rounds, args.warmup, args.device, not args.no_amp,
-                 args.cpa_rounds, args.backbone, args.profile)
+                 args.cpa_rounds, args.backbone, args.profile, args.flops, args.compile_backend)
     print(f"device {result['device']} · threads {result['threads']} · {args.image}px · batch {args.batch} · "
           f"{args.rounds} rounds (median) · GLIBC_TUNABLES={result['glibc_tunables'] or 'unset'}")
     for v, r in result["steps"].items():
         spread = f"[{min(r['wall_all']) * 1e3:.1f}–{max(r['wall_all']) * 1e3:.1f}]"
         peak = f"   peak {r['peak_gib']:.1f} GiB" if "peak_gib" in r else ""
-        print(f"  {v:22s} wall {r['wall_s'] * 1e3:9.1f} ms {spread:>17s}   cpu {r['cpu_s'] * 1e3:9.1f} ms{peak}")
+        mfu = f"   {r['images_per_s']:7.1f} img/s" if "images_per_s" in r else ""
+        mfu += f"   MFU {r['mfu'] * 100:5.1f} %" if r.get("mfu") is not None else ""
+        first = f"   first step {r['first_s']:.1f} s" if split_variant(v)[1] and "first_s" in r else ""
+        print(f"  {v:22s} wall {r['wall_s'] * 1e3:9.1f} ms {spread:>17s}   cpu {r['cpu_s'] * 1e3:9.1f} ms{peak}"
+              f"{mfu}{first}")
+    for v, error in result["failed"].items():
+        print(f"  {v:22s} FAILED: {error}")
     for k, r in (result.get("cpa_fwd_bwd") or {}).items():
         print(f"  CPA warp fwd+bwd, Swin-T, {k:6s} wall {r['wall_s'] * 1e3:8.2f} ms")
     for k, v in result["ratios"].items():

@@ -60,8 +60,9 @@ def svd_factors(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tens
 # per-layer choice 3.49 s per step against 4.79 s with every W' rebuilt). A GPU's tensor cores do
 # far more multiply-adds per byte of memory traffic than a CPU: H100 / H200 spec sheets give about
 # 495 T fp16 multiply-adds/s against 3.35–4.8 TB/s, i.e. 200–300 per 2-byte element; matmuls at
-# these shapes reach about half their peak, hence 200, an estimate from the spec sheets (what
-# ``benchmarks/gpu_check.sh`` measures: ``ditask`` against ``ditask_dense``).
+# these shapes reach about half their peak, hence 200, an estimate from the spec sheets
+# (``benchmarks/cost_weight.py``, run by ``benchmarks/gpu_check.sh``, measures the ratio on the GPU;
+# the check also times ``ditask`` against ``ditask_dense`` and ``ditask_factored``).
 TRAFFIC_WEIGHT = {"cpu": 0.0, "cuda": 200.0}
 
 
