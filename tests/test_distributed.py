@@ -316,6 +316,31 @@ def _torchrun_args(out: Path, batch: int, extra=()) -> list[str]:
 
 
 @pytest.mark.slow
+def test_torchrun_one_process_trains_inside_ddp_as_a_plain_process(tmp_path):
+    """``torchrun --nproc_per_node 1`` joins a process group of one and trains inside DDP (so the
+    DDP path of a GPU machine can be checked with a single GPU); with one process DDP's all-reduce
+    is the identity, so the run gives the plain process's losses and metrics."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    plain = subprocess.run([sys.executable, *_torchrun_args(tmp_path / "plain", 4)], env=env, capture_output=True,
+                           text=True, timeout=600)
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    grouped = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1",
+                              *_torchrun_args(tmp_path / "grouped", 4)], env=env, capture_output=True, text=True,
+                             timeout=600)
+    assert grouped.returncode == 0, grouped.stderr[-3000:]
+    a = json.loads(next((tmp_path / "plain").rglob("*.json")).read_text())
+    b = json.loads(next((tmp_path / "grouped").rglob("*.json")).read_text())
+    assert a["execution"]["backend"] is None
+    assert b["execution"]["world_size"] == 1 and b["execution"]["backend"] == "gloo"
+    assert a["config_hash"] == b["config_hash"]
+    for ha, hb in zip(a["history"], b["history"]):
+        assert _close(ha["loss"], hb["loss"], 1e-6), (ha["loss"], hb["loss"])
+    for task, values in a["metrics"].items():
+        for name, value in values.items():
+            assert abs(value - b["metrics"][task][name]) <= 1e-5 * max(abs(value), 1.0), (task, name)
+
+
+@pytest.mark.slow
 def test_torchrun_two_processes_match_one_process(tmp_path):
     """``torchrun --nproc_per_node 2`` with batch 2 per process against 1 process with batch 4: the same
     samples at every global step (ShardSampler), the same augmentations (PerSampleSeed), the same LR

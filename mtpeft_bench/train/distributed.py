@@ -75,7 +75,8 @@ class DistContext:
 
     @property
     def distributed(self) -> bool:
-        return self.world_size > 1
+        """In a process group (torchrun started this process; possibly the only one)."""
+        return self.backend is not None or self.world_size > 1
 
     # -- collectives (all no-ops, or identities, in a single process) --------------------------------
     def barrier(self) -> None:
@@ -133,20 +134,26 @@ def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1") or 1)
 
 
+def launched_by_torchrun() -> bool:
+    """Whether torchrun (torch.distributed.run) started this process, whatever the number of processes:
+    it sets the rendezvous variables below for every process it starts."""
+    return all(name in os.environ for name in ("WORLD_SIZE", "RANK", "MASTER_ADDR", "MASTER_PORT"))
+
+
 def setup(device_name: str, pick_device: Callable[[str], torch.device],
           timeout_s: float = 1800.0) -> tuple[DistContext, torch.device]:
     """Join the process group torchrun prepared (if any) and choose this process's device.
 
-    A single process (no torchrun, or ``--nproc_per_node 1``) gets ``pick_device(device_name)``.
-    Under torchrun each process takes ``cuda:LOCAL_RANK`` (NCCL) when CUDA is available and not
-    ``--device cpu``, else the CPU (gloo). The group stays up until the interpreter exits, so
-    several runs in one process (a sweep) share it.
+    A process not started by torchrun gets ``pick_device(device_name)`` and no process group.
+    Under torchrun each process, even a single one (``--nproc_per_node 1``: the model is then
+    trained inside DDP, as in a multi-GPU run), joins the group and takes ``cuda:LOCAL_RANK``
+    (NCCL) when CUDA is available and not ``--device cpu``, else the CPU (gloo). The group stays up
+    until the interpreter exits, so several runs in one process (a sweep) share it.
 
     Raises:
         UserError: a device that cannot be used with several processes.
     """
-    world = env_world_size()
-    if world <= 1:
+    if not launched_by_torchrun():
         return DistContext(), pick_device(device_name)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device_name.startswith("cuda:"):
