@@ -65,6 +65,12 @@ class RunConfig:
     clip_grad: float | None = 5.0
     amp: bool = True  # CUDA only
     amp_dtype: str = "float16"
+    # speed switches (train/speed.py, docs/configuration.md); each off by default, checked against the
+    # eager fp32 path in tests; the paper preset turns on the ones that help on a GPU
+    fused_attention: bool = False  # torch's scaled_dot_product_attention inside timm's window attention
+    channels_last: bool = False  # the model's convolutions and its input images in NHWC memory order
+    compile: bool = False  # torch.compile of the model (in place: state dicts keep their names)
+    compile_mode: str = "default"  # default | reduce-overhead (CUDA graphs) | max-autotune | max-autotune-no-cudagraphs
     loss_weights: dict[str, float] = field(default_factory=dict)  # overrides of the tasks' weights
     # evaluation and logging
     eval_every: int = 5  # epochs; 0: only at the end
@@ -121,7 +127,9 @@ PRESETS: dict[str, dict[str, Any]] = {
         epochs=6, batch_size=16, base_lr=2e-4 * 512 / 16, warmup_lr=2e-7 * 512 / 16, min_lr=2e-6 * 512 / 16,
         warmup_epochs=1, eval_every=0, num_workers=2, amp=False,
     ),
-    "paper": dict(),
+    # the published recipe; bf16 autocast and the fused attention kernel are speed switches (the papers
+    # trained in fp16 AMP with eager attention; --set amp_dtype=float16 fused_attention=false restores it)
+    "paper": dict(amp_dtype="bfloat16", fused_attention=True),
 }
 
 PRESET_HELP = {
@@ -148,7 +156,11 @@ NOT_IDENTITY = frozenset({"out", "tag", "data_root", "device", "num_workers", "p
 # not orphan every completed run (a sweep would no longer skip them, nor resume them); any other
 # value is part of the run's identity as usual: ``accum_steps`` gives each BatchNorm in the
 # decoders a micro-batch's statistics instead of the batch's, and sums the loss in another order.
-IDENTITY_SINCE: dict[str, Any] = {"accum_steps": 1}
+IDENTITY_SINCE: dict[str, Any] = {"accum_steps": 1, "fused_attention": False, "channels_last": False,
+                                  "compile": False, "compile_mode": "default"}
+
+# torch.compile's modes (``compile_mode``); reduce-overhead replays CUDA graphs (fixed shapes).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 # Which logging libraries ``logger`` may name (train/logging_sinks.py).
 LOGGERS = ("tensorboard", "wandb")
@@ -337,6 +349,10 @@ def validate(cfg: RunConfig) -> None:
         raise UserError(f"clip_grad must be positive or null, got {cfg.clip_grad}")
     if cfg.amp_dtype not in ("float16", "bfloat16"):
         raise UserError(f"amp_dtype must be float16 or bfloat16, got {cfg.amp_dtype!r}")
+    if cfg.compile_mode not in COMPILE_MODES:
+        hint = did_you_mean(str(cfg.compile_mode), COMPILE_MODES)
+        raise UserError(f"unknown compile_mode {cfg.compile_mode!r}{'; ' + hint if hint else ''} "
+                        f"(modes: {', '.join(COMPILE_MODES)})")
     if cfg.eval_every < 0:
         raise UserError(f"eval_every must be >= 0, got {cfg.eval_every}")
     for name in ("measure_repeats", "measure_warmup"):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -80,6 +80,7 @@ class Training:
         steps_per_epoch: optimisation steps per epoch (after ``limit_train_batches``).
         groups, summary: the parameter counts by group and their summary (measure.py).
         optimizer_params: the number of parameters the optimizer updates.
+        speed: the speed switches applied to the model (train/speed.py), for the record.
     """
 
     model: Any
@@ -91,6 +92,7 @@ class Training:
     summary: dict[str, int]
     trainer: Any
     optimizer_params: int
+    speed: dict[str, Any] = field(default_factory=dict)
 
 
 def build_training(resolved: ResolvedRun, ctx: Any, device: Any) -> Training:
@@ -105,6 +107,7 @@ def build_training(resolved: ResolvedRun, ctx: Any, device: Any) -> Training:
     from mtpeft_bench.model.multitask import build_model, task_outputs_of
     from mtpeft_bench.train import distributed
     from mtpeft_bench.train.optim import Schedule
+    from mtpeft_bench.train.speed import apply_speed_switches
     from mtpeft_bench.train.trainer import Trainer
 
     cfg = resolved.cfg
@@ -125,6 +128,7 @@ def build_training(resolved: ResolvedRun, ctx: Any, device: Any) -> Training:
                         f"fewer than one batch of {cfg.batch_size}; lower --batch-size or use fewer processes")
     groups = parameter_groups(model, backbone_ids)
     summary = parameter_summary(groups)
+    speed = apply_speed_switches(model, cfg)  # on the bare model, before DDP wraps it
     trained = distributed.wrap_model(model, ctx, device, cfg.sync_bn)
 
     scale = cfg.lr_scale(ctx.world_size)
@@ -137,4 +141,4 @@ def build_training(resolved: ResolvedRun, ctx: Any, device: Any) -> Training:
                       accum_steps=cfg.accum_steps)
     optimizer_params = sum(p.numel() for g in trainer.optimizer.param_groups for p in g["params"])
     return Training(model, weights, train_loader, val_loader, steps_per_epoch, groups, summary, trainer,
-                    optimizer_params)
+                    optimizer_params, speed)

@@ -112,6 +112,13 @@ def global_rate(ctx: Any, rate: float | None) -> float | None:
     return ctx.sum(rate)
 
 
+def data_wait_share(history: list[dict[str, Any]]) -> float | None:
+    """Σ loader waiting time / Σ epoch wall time over the epochs of ``history`` (None if unmeasured)."""
+    timed = [e for e in history if e.get("data_seconds") is not None and e.get("seconds")]
+    total = sum(e["seconds"] for e in timed)
+    return round(sum(e["data_seconds"] for e in timed) / total, 4) if total else None
+
+
 def efficiency(resolved: ResolvedRun, ctx: Any, device: Any, training: Any, fit: Any,
                rates: tuple[float | None, float | None]) -> dict[str, Any]:
     """The record's ``efficiency`` block; profiles inference (FLOPs, latency) on this process. Its
@@ -150,6 +157,10 @@ def efficiency(resolved: ResolvedRun, ctx: Any, device: Any, training: Any, fit:
         "flops_counted": FLOPS_COUNTED,
         "latency_timing": f"median of {cfg.measure_repeats} forwards at batch 1 on random images after "
                           f"{cfg.measure_warmup} warm-up forwards, CUDA-synchronised (rank 0)",
+        # The speed switches applied to the model (train/speed.py); the settings are in the config.
+        "speed_switches": training.speed,
+        # The share of the training epochs' wall time spent waiting for the data loader (rank 0).
+        "data_wait_share": data_wait_share(fit.history),
         # How busy the machine was while the speed above was measured (rank 0's view).
         "load": load_record([training.trainer.train_throughput.load, fit.inference.load], device,
                             torch.get_num_threads(), cfg.num_workers),

@@ -207,6 +207,7 @@ class FitLoop:
         rate = self.trainer.train_throughput.last_rate
         say(f"epoch {epoch}/{cfg.epochs}: loss {entry['loss']:.4f} · lr {stats.lr:.3g} · {stats.seconds:.1f} s"
             + (f" · {rate:.1f} img/s" if rate else "")
+            + (f" · data {100 * stats.data_seconds / stats.seconds:.0f} %" if stats.seconds > 0 else "")
             + (" · val " + ", ".join(f"{s.name} {entry['val'][s.name].get(s.primary.name, math.nan):.3f}"
                                       for s in self.task_specs) if entry.get("val") else ""))
         if cfg.checkpoint_every and (epoch % cfg.checkpoint_every == 0 or last):

@@ -44,6 +44,7 @@ class EpochStats:
     steps: int
     seconds: float
     val: dict[str, dict[str, float]] | None = None
+    data_seconds: float = 0.0  # of ``seconds``: waiting for the loader's next batch (its share of the step)
     complete: bool = True  # False: stopped on request inside the epoch (``steps`` taken so far)
     sums: dict[str, Any] = field(default_factory=dict)  # {"total": Σ loss, "tasks": {t: Σ}}: exact resumption
 
@@ -185,7 +186,10 @@ class Trainer:
             n_batches = min(n_batches, limit)
         bar = tqdm(loader, total=n_batches, initial=done, desc=f"epoch {epoch}/{epochs}", disable=not self.progress,
                    leave=False, dynamic_ncols=True, unit="batch")
+        waited = start.data_seconds if start is not None else 0.0
+        asked = time.perf_counter()
         for batch in bar:
+            waited += time.perf_counter() - asked  # how long the loader kept the step waiting
             if limit is not None and steps >= limit:
                 break
             images, targets = to_device(batch, self.tasks, self.device)
@@ -203,11 +207,12 @@ class Trainer:
             if self.stopping:
                 complete = False
                 break
+            asked = time.perf_counter()
         bar.close()
         n = max(steps, 1)
         seconds = time.perf_counter() - began + (start.seconds if start is not None else 0.0)
         return EpochStats(epoch=epoch, loss=total / n, task_losses={t: v / n for t, v in per_task.items()},
-                          lr=self.current_lr(), steps=steps, seconds=seconds, complete=complete,
+                          lr=self.current_lr(), steps=steps, seconds=seconds, data_seconds=waited, complete=complete,
                           sums={"total": total, "tasks": dict(per_task)})
 
     def current_lr(self) -> float:
