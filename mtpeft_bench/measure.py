@@ -156,6 +156,12 @@ FLOPS_COUNTED = ("torch.utils.flop_counter.FlopCounterMode on one forward at bat
                  "per multiply-add; element-wise ops, norms, softmax, activations and resizing are not counted")
 
 
+def eager_forward() -> ContextManager[Any]:
+    """Within it, models compiled with ``torch.compile`` run their eager code (torch >= 2.6)."""
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    return set_stance("force_eager") if set_stance is not None else nullcontext()
+
+
 def count_flops(model: nn.Module, images: torch.Tensor) -> dict[str, int]:
     """Forward FLOPs of ``model(images)``, in total and split into encoder and decoder.
 
@@ -173,7 +179,9 @@ def count_flops(model: nn.Module, images: torch.Tensor) -> dict[str, int]:
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
+    # A compiled model (``compile=true``) runs its eager forward here: the counter sees the operators
+    # that dispatch one by one, which a compiled graph's fused kernels would hide from it.
+    with torch.no_grad(), eager_forward(), counter:
         model(images)
     out = {"total": int(counter.get_total_flops())}
     if hasattr(model, "encoder") and hasattr(model, "heads"):

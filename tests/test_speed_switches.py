@@ -187,3 +187,16 @@ def test_smoke_run_records_its_switches_and_loader_share(tmp_path, capsys):
     assert 0 <= share < 1
     epoch = record["history"][0]
     assert share == pytest.approx(epoch["data_seconds"] / epoch["seconds"], abs=1e-4)
+
+
+def test_flops_of_a_compiled_model_are_its_eager_forwards(one_thread, cheap_compiler):
+    from mtpeft_bench.measure import count_flops
+
+    model, _ = small_model("full")
+    model.eval()
+    images = torch.randn(1, 3, 32, 32)
+    eager = count_flops(model, images)
+    speed.compile_in_place(model)
+    with torch.no_grad():
+        model(images)  # compiled
+    assert count_flops(model, images) == eager and eager["total"] > 0
