@@ -23,6 +23,9 @@ from mtpeft_bench.measure import (Throughput, count_flops, merged_model, paramet
                                   reset_peak_memory, synchronize, time_forwards, turns)
 from mtpeft_bench.task_kinds import TASK_KIND_TABLE
 
+#: The autocast dtype of ``mtbench bench --amp`` (training steps, timed forwards and the MFU peak).
+AMP_DTYPE = "float16"
+
 
 @dataclass
 class BenchSetup:
@@ -69,7 +72,7 @@ def _trainer(model, specs, device, setup: BenchSetup):
 
     total = setup.warmup + setup.steps
     schedule = Schedule(lr=1e-4, warmup_lr=1e-4, min_lr=1e-4, total_steps=total, warmup_steps=0)
-    trainer = Trainer(model, specs, device, schedule, amp=setup.amp, progress=False)
+    trainer = Trainer(model, specs, device, schedule, amp=setup.amp, amp_dtype=AMP_DTYPE, progress=False)
     trainer.train_throughput = Throughput(device, warmup=setup.warmup)
     return trainer
 
@@ -147,7 +150,7 @@ def run_bench(setup: BenchSetup) -> dict[str, Any]:
         forms[f"{setup.method} (merged)"] = merged.eval()
         results[f"{setup.method} (merged)"] = {"trainable_params": None, "peak_train_memory_mb": None,
                                                "train_step_ms": None, "train_images_per_s": None}
-    autocast = lambda: _autocast(device, setup.amp, "float16")  # noqa: E731
+    autocast = lambda: _autocast(device, setup.amp, AMP_DTYPE)  # noqa: E731
     one = images[:1]
     for name, seconds in time_forwards(forms, one, device, setup.warmup, setup.steps, autocast).items():
         results[name]["latency_ms"] = 1000 * statistics.median(seconds)
@@ -171,7 +174,7 @@ def _add_utilization(results: dict[str, dict[str, Any]], device: torch.device, a
     block: dict[str, Any] = {}
     for values in results.values():
         block = utilization(values["gflops_per_image"] * 1e9, values["train_images_per_s"],
-                            values["inference_images_per_s"], device, amp, "float16")  # bench autocasts to float16
+                            values["inference_images_per_s"], device, amp, AMP_DTYPE)
         for key in ("train", "inference"):
             achieved = block[key]["achieved_flops_per_s"]
             values[f"{key}_tflops_per_s"] = None if achieved is None else achieved / 1e12
