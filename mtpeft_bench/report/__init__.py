@@ -5,7 +5,7 @@
     significance.py  which rows are tested against which: the reference row, the best row, missing seeds
     tables.py     the rows as Markdown, CSV, LaTeX or HTML (``mtbench compare``)
     document.py   the table with its notes, per dataset: what ``mtbench compare`` prints
-    readme.py     the leaderboard blocks of README.md (``python -m mtpeft_bench.report.readme``)
+    readme.py     the generated blocks of README.md: table, Pareto figure, proxy check (``python -m mtpeft_bench.report.readme``)
     plots.py      figures: Pareto, per-task metrics, cost, training curves (``mtbench plot``)
     baselines.py  which single-task baselines a run's Δm is computed against (the suite's or published)
     delta.py      Δm itself, from per-task primary metrics and their baselines

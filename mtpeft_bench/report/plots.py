@@ -59,7 +59,9 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")
 
 
-def _label(row: Mapping[str, Any], several_sets: bool) -> str:
+def row_label(row: Mapping[str, Any], several_sets: bool = False) -> str:
+    """A leaderboard row's name in figures: method, variant, tag, and its task set where that is
+    needed to tell rows apart (``several_sets``) or the row is a single-task baseline."""
     text = row["method"] + (f" ({row['variant']})" if row.get("variant") else "") \
         + (f" [{row['tag']}]" if row.get("tag") else "")
     if len(row["tasks"]) == 1:
@@ -131,7 +133,7 @@ def plot_pareto(rows: Sequence[Mapping[str, Any]], path: Path, title: str,
              and mean_ci(r["trainable"]).mean is not None]
     published = [r for r in rows if r.get("source") == "published" and mean_ci(r["delta_m"]).mean is not None
                  and mean_ci(r["trainable"]).mean is not None]
-    colors = dict(colors or {}) or _palette(_label(r, False) for r in suite)
+    colors = dict(colors or {}) or _palette(row_label(r, False) for r in suite)
     fig, ax = plt.subplots(figsize=(7.5, 5))
     xs = []
     points = [(mean_ci(r["trainable"]).mean / 1e6, mean_ci(r["delta_m"]).mean) for r in [*suite, *published]]
@@ -140,7 +142,7 @@ def plot_pareto(rows: Sequence[Mapping[str, Any]], path: Path, title: str,
         delta = mean_ci(row["delta_m"])
         y = delta.mean
         xs.append(x)
-        label = _label(row, False)
+        label = row_label(row, False)
         color = colors.get(label, "tab:blue")
         seeds = f"{delta.n} seed{'s' if delta.n > 1 else ''}"
         ax.errorbar(x, y, yerr=delta.half_width, fmt="o", markersize=9, capsize=4, color=color,
@@ -217,7 +219,7 @@ def _long_metrics(rows: Sequence[Mapping[str, Any]], several_sets: bool):
         for task, m in row["metrics"].items():
             for value in m["values"]:
                 if value is not None:
-                    entries.append({"label": _label(row, several_sets), "task": task, "metric": m["name"],
+                    entries.append({"label": row_label(row, several_sets), "task": task, "metric": m["name"],
                                     "higher_is_better": m["higher_is_better"], "unit": m["unit"], "value": value})
     return pd.DataFrame(entries)
 
@@ -288,7 +290,7 @@ def plot_efficiency(rows: Sequence[Mapping[str, Any]], path: Path, title: str,
             name, xlabel = memory
         entries = []
         for row in rows:
-            label = _label(row, several_sets)
+            label = row_label(row, several_sets)
             entries += [{"label": label, "value": v * scale, "form": "as trained"} for v in row[field] if v is not None]
             if field == "latency_ms":
                 entries += [{"label": label, "value": v, "form": "merged for inference"}
@@ -297,7 +299,7 @@ def plot_efficiency(rows: Sequence[Mapping[str, Any]], path: Path, title: str,
             panels.append((name, xlabel, pd.DataFrame(entries)))
     if not panels:
         return None
-    labels = list(dict.fromkeys(_label(r, several_sets) for r in rows))
+    labels = list(dict.fromkeys(row_label(r, several_sets) for r in rows))
     colors = dict(colors or {}) or _palette(labels)
     fig, axes = _grid(plt, len(panels), 0.42 * len(labels) + 1.6)
     for ax, (name, xlabel, data) in zip(axes, panels):
@@ -329,7 +331,7 @@ def plot_curves(records: Sequence[Mapping[str, Any]], path: Path, title: str,
     frames = []
     primaries: dict[str, tuple[str, bool, str]] = {}
     for rec in multi:
-        label = _label({"method": rec["method"], "tag": rec.get("tag", ""), "tasks": rec["tasks"]}, several_sets)
+        label = row_label({"method": rec["method"], "tag": rec.get("tag", ""), "tasks": rec["tasks"]}, several_sets)
         frames += [{**row, "label": label} for row in history_rows(rec)]
         for task in rec["tasks"]:
             spec = rec["task_specs"][task]
@@ -381,7 +383,7 @@ def plot_all(records: Sequence[Mapping[str, Any]], out: Path, dataset: str | Non
         sub = [r for r in rows if r["dataset"] == name]
         suite = [r for r in sub if r.get("source") == "suite"]
         several_sets = len({tuple(r["tasks"]) for r in suite if len(r["tasks"]) > 1}) > 1
-        colors = _palette(_label(r, several_sets) for r in suite)  # one colour per run in every figure
+        colors = _palette(row_label(r, several_sets) for r in suite)  # one colour per run in every figure
         for tasks in dict.fromkeys(tuple(r["tasks"]) for r in suite if len(r["tasks"]) > 1):
             members = [r for r in sub if tuple(r["tasks"]) == tasks or
                        (r.get("source") == "published" and set(r["tasks"]) == set(tasks))]
@@ -389,7 +391,7 @@ def plot_all(records: Sequence[Mapping[str, Any]], out: Path, dataset: str | Non
                 slug = "-".join(tasks) if len(tasks) <= 3 else f"{len(tasks)}tasks"
                 written.append(plot_pareto(members, out / f"pareto_{_slug(name)}_{_slug(slug)}.{fmt}",
                                            f"{name}: Δm vs trainable parameters ({_tasks_label(tasks)})",
-                                           {_label(r, False): colors[_label(r, several_sets)] for r in suite
+                                           {row_label(r, False): colors[row_label(r, several_sets)] for r in suite
                                             if tuple(r["tasks"]) == tasks}))
         figures = (
             (plot_task_metrics, f"metrics_{_slug(name)}.{fmt}",
