@@ -138,3 +138,26 @@ def test_pareto_error_bars_are_t_intervals(monkeypatch, tmp_path):
     assert len(bars) == 1  # lora only: the full row has one seed
     (low, high), = bars.values()
     assert low == pytest.approx(mean - half) and high == pytest.approx(mean + half)
+
+
+def test_a_pareto_figure_of_many_rows_names_its_points_and_keeps_a_short_legend(tmp_path, svg_text):
+    """Beyond 8 rows the legend would cover the points: each point is named beside it instead, the
+    legend says once what a point and its bar are, and no two rows share a colour."""
+    from helpers.records import record
+    from mtpeft_bench.report.plots import _palette, plot_pareto, row_label
+    from mtpeft_bench.report.rows import leaderboard
+
+    methods = [f"method{i}" for i in range(12)]
+    records = [record("full", [task], [value], seed=seed) for seed in range(3)
+               for task, value in (("semseg", 48.0), ("depth", 0.5))]
+    records += [record(name, ["semseg", "depth"], [48.0 + i + seed * 0.5, 0.5], seed=seed,
+                       params={"summary": {"total_trainable": 1_000_000 + 10_000 * i}})
+                for i, name in enumerate(methods) for seed in range(3)]
+    rows = [r for r in leaderboard(records) if len(r["tasks"]) == 2]
+    path = plot_pareto(rows, tmp_path / "pareto.svg", "many rows")
+    text = svg_text(path)
+    assert "a row: mean ± 95% CI over 3 seeds" in text
+    assert all(name in text for name in methods)  # each point named beside it
+    assert "(mean ± 95% CI, 3 seeds)" not in text  # no entry per row
+    colors = _palette(row_label(r) for r in rows)
+    assert len({tuple(c) for c in colors.values()}) == len(rows)

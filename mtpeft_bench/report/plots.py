@@ -75,7 +75,11 @@ def _palette(labels: Iterable[str]) -> dict[str, Any]:
     labels = list(dict.fromkeys(labels))
     multi = [label for label in labels if not label.endswith(" only)")]
     single = [label for label in labels if label.endswith(" only)")]
-    tab = [c for i, c in enumerate(sns.color_palette("tab10", 10)) if i != 7]  # tab10 without its grey
+    if len(multi) <= 9:
+        tab = [c for i, c in enumerate(sns.color_palette("tab10", 10)) if i != 7]  # tab10 without its grey
+    else:  # more rows than tab10 tells apart: tab20 without its greys, then evenly spaced hues
+        tab = [c for i, c in enumerate(sns.color_palette("tab20", 20)) if i not in (14, 15)]
+        tab = tab if len(multi) <= len(tab) else sns.color_palette("husl", len(multi))
     colors = {label: tab[i % len(tab)] for i, label in enumerate(multi)}
     greys = sns.color_palette("Greys", len(single) + 2)[1:-1] if single else []
     colors.update({label: greys[i] for i, label in enumerate(single)})
@@ -137,6 +141,7 @@ def plot_pareto(rows: Sequence[Mapping[str, Any]], path: Path, title: str,
     fig, ax = plt.subplots(figsize=(7.5, 5))
     xs = []
     points = [(mean_ci(r["trainable"]).mean / 1e6, mean_ci(r["delta_m"]).mean) for r in [*suite, *published]]
+    many = len(suite) > 8  # every point carries its name; a legend entry per row would cover the points
     for row in suite:
         x = mean_ci(row["trainable"]).mean / 1e6
         delta = mean_ci(row["delta_m"])
@@ -146,8 +151,8 @@ def plot_pareto(rows: Sequence[Mapping[str, Any]], path: Path, title: str,
         color = colors.get(label, "tab:blue")
         seeds = f"{delta.n} seed{'s' if delta.n > 1 else ''}"
         ax.errorbar(x, y, yerr=delta.half_width, fmt="o", markersize=9, capsize=4, color=color,
-                    label=label + (f" (mean ± 95% CI, {seeds})" if delta.half_width is not None
-                                   else f" ({seeds}, no interval)"),
+                    label=None if many else label + (f" (mean ± 95% CI, {seeds})" if delta.half_width is not None
+                                                     else f" ({seeds}, no interval)"),
                     markeredgecolor="black" if row.get("pareto") else color, markeredgewidth=1.5, zorder=3)
         ax.annotate(label, (x, y), textcoords="offset points", xytext=(7, 5), fontsize=8, color="0.15")
     front = sorted((mean_ci(r["trainable"]).mean / 1e6, mean_ci(r["delta_m"]).mean) for r in suite if r.get("pareto"))
@@ -164,6 +169,10 @@ def plot_pareto(rows: Sequence[Mapping[str, Any]], path: Path, title: str,
                     color="0.35", style="italic")
     if published:
         ax.scatter([], [], s=45, facecolors="none", edgecolors="0.45", label="published (not run here)")
+    if many:
+        counts = sorted({mean_ci(r["delta_m"]).n for r in suite})
+        ax.plot([], [], "o", color="0.45", markersize=9,
+                label=f"a row: mean ± 95% CI over {' or '.join(map(str, counts))} seeds")
     ax.axhline(0.0, color="0.5", linewidth=0.8, linestyle=":", zorder=1)
     ax.annotate("Δm = 0: as good as the single-task models", (0.01, 0.0), xycoords=("axes fraction", "data"),
                 xytext=(0, 3), textcoords="offset points", fontsize=8, color="0.4", gid="fixed")

@@ -226,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from mtpeft_bench.atomic import write_text_atomic
 
         write_text_atomic(readme, new)
-    print(f"{readme}: {len(stale)} of {len(blocks(text))} generated blocks and figures rewritten")
+    print(f"{readme}: {len(blocks(text))} generated blocks; rewritten: {', '.join(stale) or 'none'}")
     return 0
 
 
