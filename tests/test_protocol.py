@@ -61,6 +61,9 @@ def test_packaged_synth_protocol_resolves_every_row():
     ({"rows": [{"name": "full", "method": "full"}, {"name": "full", "method": "bitfit"}]}, "each name once"),
     ({"extras": [{"row": "nope", "tag": "x", "rate": "default"}]}, "extras[0] must name a row"),
     ({"seeds": "0"}, "'seeds' has the wrong type"),
+    ({"seeds": [0, 0]}, "seeds must be a list of distinct integers"),
+    ({"close_rows": {"seeds": [0, 3]}}, "close_rows.seeds must be distinct integers other than the protocol's seeds"),
+    ({"close_rows": {"seeds": 3}}, "close_rows: 'seeds' has the wrong type"),
 ])
 def test_bad_protocol_files_are_one_line(change, message):
     with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]")):
@@ -115,13 +118,17 @@ def test_holdout_score_is_delta_m_against_the_reference():
 
 @pytest.fixture
 def fake_training(monkeypatch):
-    """Replace training by writing a completed record at once (metrics from the rate: the scorer
-    below reads only ``lr_selection``); returns the configurations it was asked to run."""
+    """Replace training by writing a completed record at once; returns the configurations it was
+    asked to run. Every primary metric is ``ran.metric(cfg, tasks, task)``: 1.0 unless a test sets
+    it (the selection's scorer below reads only ``lr_selection``)."""
     from mtpeft_bench.results import write_record
     from mtpeft_bench.running import pipeline
     from mtpeft_bench.running.setup import prepare, run_hash
 
-    ran = []
+    class Ran(list):
+        metric = staticmethod(lambda cfg, tasks, task: 1.0)
+
+    ran = Ran()
 
     def fake_run(cfg, resume=None):
         resolved = prepare(cfg)
@@ -131,7 +138,8 @@ def fake_training(monkeypatch):
                   "preset": cfg.preset, "tag": cfg.tag, "config_hash": run_hash(cfg, resolved),
                   "eval_split": resolved.dataset.eval_split, "lr_selection": cfg.lr_selection,
                   "config": cfg.to_dict(), "task_specs": {t: SPECS[t] for t in resolved.tasks},
-                  "metrics": {t: {SPECS[t]["primary"]: 1.0} for t in resolved.tasks}, "wall_time_s": 60.0}
+                  "metrics": {t: {SPECS[t]["primary"]: ran.metric(cfg, resolved.tasks, t)} for t in resolved.tasks},
+                  "wall_time_s": 60.0}
         write_record(Path(cfg.out), record)
         return pipeline.RunResult(record, None, [], None, "completed")
 
@@ -180,6 +188,61 @@ def test_protocol_sweep_extends_plans_and_skips_what_exists(tmp_path, fake_train
     count = len(fake_training)
     assert ProtocolSweep(protocol, out, score=peaked_at(4)).run(lambda line: None).completed == 0
     assert len(fake_training) == count and plan_counts(sweep)["to_run"] == 0
+
+
+def test_close_pairs_by_hand():
+    """Δm over three seeds: t(0.975, 2) = 4.3027, so seeds (0, 0.5, 1) give 0.5 ± 1.2422 and
+    (1, 2, 3) give 2 ± 2.4843: 1.5 apart, inside the larger interval, so close; (10, 11, 12) is
+    11 ± 2.4843, 9 away from the nearest: close to none. One seed has no interval: close to none."""
+    from mtpeft_bench.running.close_rows import close_pairs, decide
+
+    deltas = {"full": [10, 11, 12], "decoder_only": [0, 0.5, 1], "bitfit": [1, 2, 3], "lora": [2.0]}
+    assert close_pairs(deltas) == [("decoder_only", "bitfit")]
+    decision = decide(deltas)
+    assert decision.decided and decision.rows == ("decoder_only", "bitfit")
+    assert decision.delta_m["decoder_only"] == pytest.approx((0.5, 4.302653 * 0.5 / math.sqrt(3)), abs=1e-5)
+    assert close_pairs({"a": [0, 1, 2], "b": [3.4, 3.5, 3.6]}) == []  # 3.5 − 1 > 2.4841
+    assert close_pairs({"a": [0, 1, 2], "b": [3.4, 3.45, 3.6]}) == [("a", "b")]  # 3.4833 − 1 ≤ 2.4841
+
+
+def test_rows_within_one_interval_get_the_extra_seeds_once(tmp_path, fake_training):
+    """Seeds 0-2, extra seed 3. Δm per seed is set through the metrics: against baselines mIoU 50
+    and rmse 1.0, a row at mIoU 50 + d and rmse 1.0 has Δm ½ (2d % + 0) = d. full 10/11/12,
+    decoder_only 0/0.5/1, bitfit 1/2/3: decoder_only and bitfit are close (test above), and only
+    they run seed 3."""
+    from mtpeft_bench.running.protocol_report import plan_counts, plan_lines
+    from mtpeft_bench.running.protocol_sweep import ProtocolSweep
+
+    deltas = {"full": [10, 11, 12, 13], "decoder_only": [0, 0.5, 1, 1.5], "bitfit": [1, 2, 3, 4]}
+
+    def metric(cfg, tasks, task):
+        if len(tasks) == 1 or cfg.lr_selection["rule"] == "selection":
+            return 50.0 if task == "semseg" else 1.0  # the baselines (and the selection, scored by rate)
+        return 50.0 + deltas[cfg.method][cfg.seed] if task == "semseg" else 1.0
+
+    fake_training.metric = metric
+    protocol = load_protocol(str(write_protocol(
+        tmp_path, seeds=[0, 1, 2], close_rows={"seeds": [3]}, extras=[],
+        rows=[{"name": n, "method": n} for n in ("full", "decoder_only", "bitfit")])))
+    out = tmp_path / "results"
+    sweep = ProtocolSweep(protocol, out, score=peaked_at(1))
+    assert plan_counts(sweep)["close_room"] == 3
+    assert any("seeds 3 for rows within one 95 % interval of another: up to 3 runs" in line
+               for line in plan_lines(sweep))
+    outcome = sweep.run(lambda line: None)
+    assert not outcome.failed
+    realised = yaml.safe_load((out / "protocol.yaml").read_text())["close_rows"]
+    assert realised["decided"] and realised["rows"] == ["decoder_only", "bitfit"]
+    assert realised["pairs"] == [["decoder_only", "bitfit"]]
+    assert realised["delta_m"]["full"] == {"mean": 11.0, "ci95": pytest.approx(2.4841, abs=1e-3)}
+    records = [json.loads(p.read_text()) for p in out.glob("synth/*/*.json")]
+    extra = sorted((r["method"], r["lr_selection"]["close_to"]) for r in records if r["seed"] == 3)
+    assert extra == [("bitfit", ["decoder_only"]), ("decoder_only", ["bitfit"])]
+    # the decision stands on seeds 0-2 alone: a second invocation runs nothing
+    count = len(fake_training)
+    assert ProtocolSweep(protocol, out, score=peaked_at(1)).run(lambda line: None).completed == 0
+    assert len(fake_training) == count
+    assert any(line.endswith("another: decoder_only, bitfit") for line in plan_lines(sweep))
 
 
 # -- end to end, with real (tiny) training -------------------------------------------------------

@@ -74,6 +74,7 @@ class Protocol:
     rows: tuple[Row, ...]
     extras: tuple[Extra, ...]
     source: str
+    close_seeds: tuple[int, ...] = ()  # more seeds for rows within one interval of another (running/close_rows.py)
 
     def row(self, name: str) -> Row:
         return next(r for r in self.rows if r.name == name)
@@ -89,6 +90,7 @@ class Protocol:
             "baselines": {"method": self.baseline_method, "rate_of": self.baseline_rate_of},
             "rows": [{"name": r.name, "method": r.method, "options": dict(r.options)} for r in self.rows],
             "extras": [{"row": e.row, "tag": e.tag, "rate": e.rate, "settings": dict(e.settings)} for e in self.extras],
+            **({"close_rows": {"seeds": list(self.close_seeds)}} if self.close_seeds else {}),
         }
 
 
@@ -197,9 +199,16 @@ def parse_protocol(data: Any, source: str) -> Protocol:
         settings=dict(_need(data, "settings", Mapping, where, {})), selection=selection,
         baseline_method=_need(base, "method", str, f"{where} baselines", "full"),
         baseline_rate_of=_need(base, "rate_of", str, f"{where} baselines", selection.reference),
-        rows=tuple(rows), extras=tuple(extras), source=source)
-    if not protocol.seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in protocol.seeds):
-        raise UserError(f"{where}: seeds must be a list of integers")
+        rows=tuple(rows), extras=tuple(extras), source=source,
+        close_seeds=tuple(_need(_need(data, "close_rows", Mapping, where, {}), "seeds", list, f"{where} close_rows", [])))
+
+    def integers(seeds: tuple) -> bool:
+        return all(isinstance(s, int) and not isinstance(s, bool) for s in seeds) and len(set(seeds)) == len(seeds)
+
+    if not protocol.seeds or not integers(protocol.seeds):
+        raise UserError(f"{where}: seeds must be a list of distinct integers")
+    if not integers(protocol.close_seeds) or set(protocol.close_seeds) & set(protocol.seeds):
+        raise UserError(f"{where}: close_rows.seeds must be distinct integers other than the protocol's seeds")
     for role, name in (("selection.reference", selection.reference), ("baselines.rate_of", protocol.baseline_rate_of)):
         if name not in names:
             raise UserError(f"{where}: {role} names row '{name}', which the protocol does not have "

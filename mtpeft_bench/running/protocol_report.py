@@ -54,7 +54,19 @@ def realised(sweep: ProtocolSweep, state: State) -> dict[str, Any]:
         "baselines": {"method": p.baseline_method, "tasks": sweep.tasks(), "rate_of": p.baseline_rate_of,
                       "multiplier": rate_of.chosen, "base_lr": None if rate_of.chosen is None else base * rate_of.chosen},
         "rows": rows,
+        **({"close_rows": close_rows_content(p.close_seeds, state.close)} if state.close is not None else {}),
     }
+
+
+def close_rows_content(seeds: Any, close: Any) -> dict[str, Any]:
+    """The realised file's account of the extra-seeds rule: decided or not, the rows and pairs, and
+    the Δm (mean, 95 % half-width over the protocol's seeds) the decision was taken on."""
+    content: dict[str, Any] = {"seeds": list(seeds), "decided": close.decided}
+    if not close.decided:
+        return {**content, "waiting_for": close.waiting_for}
+    return {**content, "rows": list(close.rows), "pairs": [list(pair) for pair in close.pairs],
+            "delta_m": {name: {"mean": round(mean, 4), "ci95": None if half is None else round(half, 4)}
+                        for name, (mean, half) in close.delta_m.items()}}
 
 
 def code_version() -> dict[str, Any]:
@@ -104,12 +116,15 @@ def plan_counts(sweep: ProtocolSweep, state: State | None = None) -> dict[str, A
     waiting = len(pending) * len(p.seeds)
     waiting += len(sweep.tasks()) * len(p.seeds) if p.baseline_rate_of in pending else 0
     waiting += sum(len(p.seeds) for e in p.extras if e.rate == "chosen" and e.row in pending)
+    close = state.close
+    close_room = (len([c for c in state.choices.values() if c.status != "failed"]) * len(p.close_seeds)
+                  if close is not None and not close.decided else 0)
     times = [float(r["wall_time_s"]) for r in sweep.records() if r.get("wall_time_s")]
     selection_to_run = cells.count("to run")
     phase2_done = sum(pt.state == "done" for pt in points)
     return {
         "selection": len(cells), "selection_done": cells.count("completed"), "diverged": cells.count("diverged"),
-        "selection_to_run": selection_to_run, "extension_room": room,
+        "selection_to_run": selection_to_run, "extension_room": room, "close_room": close_room,
         "phase2": len(points) + waiting, "phase2_done": phase2_done, "waiting": waiting,
         "rows": sum(s.kind == "row" for s in state.phase2), "baselines": sum(s.kind == "baseline" for s in state.phase2),
         "extras": sum(s.kind == "extra" for s in state.phase2),
@@ -156,10 +171,19 @@ def plan_lines(sweep: ProtocolSweep) -> list[str]:
     lines.append(f"phase 2 (leaderboard): {c['phase2']} runs: {c['rows']} row, {c['baselines']} baseline and "
                  f"{c['extras']} extra runs ready, {c['waiting']} waiting for their row's rate; "
                  f"{c['phase2_done']} completed, {c['phase2'] - c['phase2_done']} to run")
+    if state.close is not None:
+        seeds = ",".join(map(str, p.close_seeds))
+        if state.close.decided:
+            lines.append(f"seeds {seeds} for rows within one 95 % interval of another: "
+                         f"{', '.join(state.close.rows) or 'none'}")
+        else:
+            lines.append(f"seeds {seeds} for rows within one 95 % interval of another: up to {c['close_room']} runs, "
+                         f"decided once the protocol's seeds are complete (waiting for {state.close.waiting_for})")
     if c["wall_times"]:
         each = sum(c["wall_times"]) / len(c["wall_times"])
         lines.append(f"estimate: {c['to_run']} runs × {each / 60:.1f} min (mean of {len(c['wall_times'])} completed "
-                     f"runs here) ≈ {each * c['to_run'] / 3600:.1f} h, not counting grid extensions")
+                     f"runs here) ≈ {each * c['to_run'] / 3600:.1f} h, not counting grid extensions"
+                     + (" or extra seeds" if c["close_room"] else ""))
     else:
         lines.append(f"estimate: {c['to_run']} runs; their time is estimated once a first run has completed")
     return lines

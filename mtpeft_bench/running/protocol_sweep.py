@@ -4,7 +4,8 @@ Phase 1 chooses each row's learning rate (running/lr_selection.py) from runs on 
 images, written to ``<out>/lr_selection/``; after each round the realised protocol file
 ``<out>/protocol.yaml`` is rewritten (atomically) with every row's grid, scores and choice. Phase 2
 runs, for each seed, the single-task baselines and every row at its chosen rate, then the extras,
-into ``<out>``. Each run goes through running/sweep.py: a run whose record exists is skipped, an
+into ``<out>``; once every row has its Δm at every seed, rows within one 95 % interval of another
+row run at the protocol's extra seeds too (``close_rows``, running/close_rows.py). Each run goes through running/sweep.py: a run whose record exists is skipped, an
 interrupted one resumes, and the run locks let several sweeps of the same protocol share the work.
 A selection run that diverged counts as diverged without being run again.
 
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from mtpeft_bench.running.close_rows import CloseRows, decide
 from mtpeft_bench.running.lr_selection import RowChoice, Scorer, choose, holdout_score
 from mtpeft_bench.running.protocol import Protocol, RunSpec, build_config, selection_folder
 
@@ -42,6 +44,7 @@ class State:
     grid: dict[str, dict[float, tuple[Found, float | None]]]  # row -> multiplier -> (found, score)
     selection_todo: list[RunSpec] = field(default_factory=list)
     phase2: list[RunSpec] = field(default_factory=list)
+    close: CloseRows | None = None  # None: the protocol asks for no extra seeds
 
 
 class ProtocolSweep:
@@ -141,6 +144,9 @@ class ProtocolSweep:
         todo.sort(key=lambda s: (s.row, s.multiplier) != (ref_spec.row, ref_spec.multiplier))  # reference first
         state.selection_todo = [s for s in todo if grid[s.row][s.multiplier][0].status == "to run"]
         state.phase2 = self.phase2_specs(choices)
+        if self.protocol.close_seeds:
+            state.close = self.close_rows(state)
+            state.phase2 += self.close_specs(state)
         return state
 
     @staticmethod
@@ -148,8 +154,12 @@ class ProtocolSweep:
         """What a phase-2 record says about its rate: the row's grid and scores, the edge flag, the file."""
         choice = state.choices[spec.row]
         grid = {f"{m:g}": state.grid[spec.row].get(m, (None, None))[1] for m in choice.grid}
-        return {"at_edge": choice.at_edge, "file": REALISED_NAME, "chosen_multiplier": choice.chosen,
-                "grid": {k: (None if v is None or not math.isfinite(v) else round(v, 4)) for k, v in grid.items()}}
+        provenance = {"at_edge": choice.at_edge, "file": REALISED_NAME, "chosen_multiplier": choice.chosen,
+                      "grid": {k: (None if v is None or not math.isfinite(v) else round(v, 4)) for k, v in grid.items()}}
+        if spec.kind == "row" and state.close is not None and spec.row in state.close.rows:
+            provenance["close_to"] = sorted({b if a == spec.row else a for a, b in state.close.pairs
+                                             if spec.row in (a, b)})
+        return provenance
 
     def phase2_specs(self, choices: Mapping[str, RowChoice]) -> list[RunSpec]:
         """The baselines and rows for each seed, then the extras, of every row whose rate is chosen."""
@@ -174,6 +184,38 @@ class ProtocolSweep:
                 specs.append(RunSpec("extra", row.name, row.method, seed, m, extra.rate, row.options,
                                      tag=extra.tag, settings=extra.settings))
         return specs
+
+    def close_rows(self, state: State) -> CloseRows:
+        """Which rows get the extra seeds, decided on the protocol's seeds once every row whose rate is
+        chosen has a Δm at each of them (running/close_rows.py); rows where every rate diverged are left out."""
+        from mtpeft_bench.report.baselines import compute_delta
+        from mtpeft_bench.results import select_split
+
+        p = self.protocol
+        pending = [r.name for r in p.rows if state.choices[r.name].status == "pending"]
+        if pending:
+            return CloseRows(False, waiting_for=f"the rates of {', '.join(pending)}")
+        first = [s for s in state.phase2 if s.kind in ("row", "baseline") and s.seed in p.seeds]
+        records = select_split(self.records(), "val")[0]
+        found = [(s, self.find(s, records, set())) for s in first]
+        missing = [s for s, f in found if f.status != "completed"]
+        if missing:
+            return CloseRows(False, waiting_for=f"{len(missing)} run(s) at seeds {','.join(map(str, p.seeds))}")
+        deltas: dict[str, list[float]] = {}
+        for spec, run in ((s, f) for s, f in found if s.kind == "row"):
+            value = compute_delta(run.record, records, p.baseline_method)["value"]
+            if value is None:
+                return CloseRows(False, waiting_for=f"the Δm of {spec.label}")
+            deltas.setdefault(spec.row, []).append(value)
+        return decide(deltas)
+
+    def close_specs(self, state: State) -> list[RunSpec]:
+        """The extra seeds of the close rows, seed by seed (an interrupted sweep leaves whole seeds)."""
+        if state.close is None or not state.close.decided:
+            return []
+        rows = [self.protocol.row(name) for name in state.close.rows]
+        return [RunSpec("row", row.name, row.method, seed, state.choices[row.name].chosen, "chosen", row.options)
+                for seed in self.protocol.close_seeds for row in rows]
 
     def tasks(self) -> list[str]:
         """The tasks of the protocol's runs (one single-task baseline each)."""
