@@ -165,11 +165,19 @@ def blocks(text: str) -> dict[str, str]:
     return {match["key"]: match["body"] for match in _BLOCK.finditer(text)}
 
 
-def regenerate(text: str, repo: Path) -> str:
-    """``text`` with every generated block replaced by what :func:`expected_block` gives."""
+def expected_blocks(text: str, repo: Path) -> dict[str, Block]:
+    """:func:`expected_block` of every generated block of ``text`` (each computed once)."""
+    return {key: expected_block(key, repo) for key in blocks(text)}
+
+
+def regenerate(text: str, repo: Path, expected: Mapping[str, Block] | None = None) -> str:
+    """``text`` with every generated block replaced by what :func:`expected_block` gives
+    (``expected``: those blocks, when already computed)."""
+    expected = expected if expected is not None else expected_blocks(text, repo)
+
     def body(match: re.Match) -> str:
         key = match["key"]
-        return f"{START.format(key=key)}\n{expected_block(key, repo).body}{END.format(key=key)}"
+        return f"{START.format(key=key)}\n{expected[key].body}{END.format(key=key)}"
 
     return _BLOCK.sub(body, text)
 
@@ -190,11 +198,12 @@ def write_figure(figure: ParetoFigure, repo: Path) -> None:
     write_text_atomic(repo / figure.points_path, figure.points_csv())
 
 
-def stale_items(text: str, repo: Path) -> list[str]:
+def stale_items(text: str, repo: Path, expected: Mapping[str, Block] | None = None) -> list[str]:
     """The keys of the blocks (and ``figure <path>`` of the figures) that are out of date."""
+    expected = expected if expected is not None else expected_blocks(text, repo)
     stale = []
     for key, body in blocks(text).items():
-        block = expected_block(key, repo)
+        block = expected[key]
         if body != block.body:
             stale.append(key)
         if block.figure is not None and not figure_is_current(block.figure, repo):
@@ -212,16 +221,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     readme = Path(args.readme)
     repo = readme.parent
     text = readme.read_text(encoding="utf-8")
-    stale = stale_items(text, repo)
+    expected = expected_blocks(text, repo)
+    stale = stale_items(text, repo, expected)
     if args.check:
         for item in stale:
             print(f"{readme}: {item} is out of date; run python -m mtpeft_bench.report.readme", file=sys.stderr)
         return 1 if stale else 0
-    for key in blocks(text):
-        block = expected_block(key, repo)
+    for block in expected.values():
         if block.figure is not None and not figure_is_current(block.figure, repo):
             write_figure(block.figure, repo)
-    new = regenerate(text, repo)
+    new = regenerate(text, repo, expected)
     if new != text:
         from mtpeft_bench.atomic import write_text_atomic
 
